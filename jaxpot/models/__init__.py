@@ -1,0 +1,1 @@
+"""Learned model families (registered as potentials on import)."""

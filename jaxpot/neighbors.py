@@ -1,0 +1,468 @@
+"""Neighbour lists with periodic image shifts.
+
+Two paths share one convention (DESIGN.md): an edge has a receiver ``i`` (the centre), a sender
+``j`` (the neighbour) and an integer image shift ``S``; its vector is
+``positions[j] - positions[i] + S @ cell`` (cell rows are lattice vectors). Any cell works,
+including cells smaller than twice the cutoff, where an atom sees several images of the same
+neighbour and images of itself.
+
+* :func:`neighbor_list` runs on the host with NumPy and returns the exact list (used to build
+  training data and as the reference for the jitted path).
+* :func:`allocate` + :func:`update` are for simulations. ``allocate`` (host) measures the
+  system, chooses a method (all-pairs over a static set of image shifts for small systems, a
+  cell list whose cost grows linearly with N for large ones) and a capacity. ``update`` is
+  jittable: it rebuilds the list only when an atom has moved more than half the Verlet skin
+  since the last build, and sets ``overflow`` if any capacity was exceeded. Callers (``md.run``
+  does this) must check ``overflow`` on the host, call :func:`allocate` again and redo the work,
+  so that no energy is ever computed on a truncated list.
+
+The jitted list is stored per atom (``max_neighbors`` slots for each receiver), flattened so
+``receivers`` are sorted; empty slots have ``senders == n_atoms`` (the sentinel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = [
+    "Neighbors",
+    "NeighborSpec",
+    "neighbor_list",
+    "allocate",
+    "update",
+    "rebuild",
+    "needs_rebuild",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers (host side, NumPy)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
+    periodic_rows = cell[np.asarray(pbc, bool)]
+    if periodic_rows.shape[0] == 0:
+        return
+    s = np.linalg.svd(periodic_rows, compute_uv=False)
+    if s.min() < 1e-8 * max(1.0, s.max()):
+        raise ValueError(
+            f"cell is singular along its periodic directions (pbc={pbc.tolist()}, "
+            f"cell={cell.tolist()}): periodic lattice vectors must be non-zero and independent"
+        )
+
+
+def _complete_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Rows: the periodic lattice vectors, plus unit vectors orthogonal to them for the rest."""
+    pbc = np.asarray(pbc, bool)
+    basis = np.zeros((3, 3))
+    periodic = [d for d in range(3) if pbc[d]]
+    free = [d for d in range(3) if not pbc[d]]
+    for d in periodic:
+        basis[d] = cell[d]
+    if len(periodic) == 2:
+        n = np.cross(cell[periodic[0]], cell[periodic[1]])
+        basis[free[0]] = n / np.linalg.norm(n)
+    elif len(periodic) == 1:
+        a = cell[periodic[0]] / np.linalg.norm(cell[periodic[0]])
+        trial = np.eye(3)[np.argmin(np.abs(a))]
+        u = trial - a * (trial @ a)
+        u /= np.linalg.norm(u)
+        basis[free[0]] = u
+        basis[free[1]] = np.cross(a, u)
+    elif len(periodic) == 0:
+        basis = np.eye(3)
+    return basis
+
+
+def _shift_range(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
+    """Largest |S_d| needed for wrapped positions, per dimension (0 where not periodic)."""
+    pbc = np.asarray(pbc, bool)
+    if not pbc.any():
+        return np.zeros(3, int)
+    recip = np.linalg.inv(_complete_basis(cell, pbc))  # columns b_d with a_e . b_d = delta
+    inv_width = np.linalg.norm(recip, axis=0)  # 1 / perpendicular width of the cell
+    n = np.floor(cutoff * inv_width).astype(int) + 1
+    return np.where(pbc, n, 0)
+
+
+def _shift_vectors(n: np.ndarray) -> np.ndarray:
+    ranges = [range(-int(k), int(k) + 1) for k in n]
+    return np.array(list(itertools.product(*ranges)), dtype=np.float64).reshape(-1, 3)
+
+
+def _wrap(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
+    """Wrap periodic coordinates into the cell; return wrapped positions and integer images."""
+    basis = _complete_basis(cell, pbc)
+    frac = positions @ np.linalg.inv(basis)
+    image = np.where(np.asarray(pbc, bool), np.floor(frac), 0.0)
+    return positions - image @ basis, image
+
+
+def neighbor_list(
+    positions: np.ndarray,
+    cell: np.ndarray | None,
+    pbc,
+    cutoff: float,
+    *,
+    self_interaction: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs closer than ``cutoff``, exactly, on the host.
+
+    Args:
+      positions: ``[n_atoms, 3]`` Å (need not be wrapped into the cell).
+      cell: ``[3, 3]`` rows are lattice vectors, Å; may be ``None``/zeros without pbc.
+      pbc: three booleans.
+      cutoff: Å.
+      self_interaction: include ``i == j`` with ``S == 0`` (never wanted for energies).
+
+    Returns:
+      ``(receivers, senders, shifts)`` with shapes ``[n_edges]``, ``[n_edges]`` and
+      ``[n_edges, 3]`` (integer-valued floats), sorted by receiver then sender. The vector of
+      edge e is ``positions[senders[e]] - positions[receivers[e]] + shifts[e] @ cell`` and every
+      pair appears in both directions.
+
+    Example:
+      >>> import numpy as np
+      >>> r, s, S = neighbor_list(np.array([[0., 0, 0], [1., 0, 0]]), None, [False] * 3, 1.5)
+      >>> r.tolist(), s.tolist()
+      ([0, 1], [1, 0])
+    """
+    positions = np.asarray(positions, np.float64).reshape(-1, 3)
+    pbc = np.broadcast_to(np.asarray(pbc, bool), (3,))
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
+    _check_cell(cell, pbc)
+    n = positions.shape[0]
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3)))
+    if n == 0:
+        return empty
+    wrapped, image = _wrap(positions, cell, pbc)
+    shifts = _shift_vectors(_shift_range(cell, pbc, cutoff))
+    offsets = shifts @ cell
+    cutoff2 = cutoff * cutoff
+    rec, snd, sh = [], [], []
+    # Chunk receivers so that the [chunk, n, 3] block stays around 16 M numbers.
+    chunk = max(1, int(16_000_000 // (3 * n)))
+    for s_idx in range(shifts.shape[0]):
+        zero_shift = not shifts[s_idx].any()
+        for start in range(0, n, chunk):
+            xi = wrapped[start : start + chunk]
+            d = wrapped[None, :, :] - xi[:, None, :] + offsets[s_idx]
+            r2 = np.einsum("ijk,ijk->ij", d, d)
+            mask = r2 < cutoff2
+            if zero_shift and not self_interaction:
+                rows = np.arange(xi.shape[0])
+                mask[rows, rows + start] = False
+            ii, jj = np.nonzero(mask)
+            rec.append(ii + start)
+            snd.append(jj)
+            sh.append(np.broadcast_to(shifts[s_idx], (ii.size, 3)))
+    receivers = np.concatenate(rec).astype(np.int32)
+    senders = np.concatenate(snd).astype(np.int32)
+    shift_w = np.concatenate(sh)
+    # Undo the wrapping: S = S_w + n_i - n_j.
+    shifts_out = shift_w + image[receivers] - image[senders]
+    order = np.lexsort((shifts_out[:, 2], shifts_out[:, 1], shifts_out[:, 0], senders, receivers))
+    return receivers[order], senders[order], shifts_out[order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Jittable neighbour lists for simulations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborSpec:
+    """Static description of a jitted neighbour list (hashable; a change means a recompile).
+
+    Attributes:
+      cutoff: interaction cutoff, Å.
+      skin: Verlet skin, Å; the list holds pairs within ``cutoff + skin``.
+      max_neighbors: slots per receiver.
+      method: ``"brute"`` (all pairs over a static shift set) or ``"cell"`` (cell list).
+      shifts: brute: the image shifts to try, for wrapped positions.
+      grid: cell: number of bins per box direction.
+      bin_capacity: cell: atoms per bin.
+      box: cell: rows of the binning box (periodic rows are the lattice vectors), Å.
+      origin: cell: origin of the binning box, Å.
+      pbc: periodicity the list was built for.
+    """
+
+    cutoff: float
+    skin: float
+    max_neighbors: int
+    method: Literal["brute", "cell"]
+    pbc: tuple[bool, bool, bool]
+    shifts: tuple = ()
+    grid: tuple[int, int, int] = (1, 1, 1)
+    bin_capacity: int = 0
+    box: tuple = ()
+    origin: tuple = ()
+
+
+@struct.dataclass
+class Neighbors:
+    """A neighbour list carried through jitted code.
+
+    Attributes:
+      senders: ``[n_atoms * max_neighbors]`` int32; empty slots hold ``n_atoms``.
+      receivers: ``[n_atoms * max_neighbors]`` int32, sorted.
+      shifts: ``[n_atoms * max_neighbors, 3]`` integer image shifts (float dtype).
+      reference_positions: ``[n_atoms, 3]`` positions at the last rebuild, Å.
+      overflow: scalar bool; True if the last rebuild did not fit (the list is then invalid).
+      max_count: scalar int32, the largest number of neighbours any atom had at the last rebuild.
+      spec: static :class:`NeighborSpec`.
+    """
+
+    senders: jax.Array
+    receivers: jax.Array
+    shifts: jax.Array
+    reference_positions: jax.Array
+    overflow: jax.Array
+    max_count: jax.Array
+    spec: NeighborSpec = struct.field(pytree_node=False)
+
+    def attach(self, system):
+        """Return ``system`` with this list's edges."""
+        return system.replace(senders=self.senders, receivers=self.receivers, shifts=self.shifts)
+
+
+def _compact(mask: jax.Array, cand: jax.Array, shift: jax.Array, max_neighbors: int, n: int):
+    """Pack the True entries of each row of ``mask`` into ``max_neighbors`` slots."""
+    rows = jnp.arange(mask.shape[0])[:, None]
+    pos = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+    slot = jnp.where(mask, pos, max_neighbors)  # overflowing and unused go to the dump column
+    senders = jnp.full((mask.shape[0], max_neighbors + 1), n, jnp.int32)
+    senders = senders.at[rows, slot].set(cand.astype(jnp.int32), mode="drop")
+    shifts = jnp.zeros((mask.shape[0], max_neighbors + 1, 3), shift.dtype)
+    shifts = shifts.at[rows, slot].set(shift, mode="drop")
+    count = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return senders[:, :max_neighbors], shifts[:, :max_neighbors], count
+
+
+def _wrap_jax(positions, basis_inv, basis, pbc):
+    frac = positions @ basis_inv
+    image = jnp.where(pbc, jnp.floor(frac), 0.0)
+    return positions - image @ basis, image, frac
+
+
+def _candidates_brute(spec: NeighborSpec, positions, cell, atom_mask):
+    n = positions.shape[0]
+    pbc = jnp.asarray(spec.pbc)
+    basis = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
+    wrapped, image, _ = _wrap_jax(positions, jnp.linalg.inv(basis), basis, pbc)
+    shifts = jnp.asarray(np.asarray(spec.shifts), positions.dtype)  # [n_s, 3]
+    n_s = shifts.shape[0]
+    offsets = shifts @ cell  # [n_s, 3]
+    d = wrapped[None, None, :, :] - wrapped[:, None, None, :] + offsets[None, :, None, :]
+    cand = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n_s, n))
+    s_w = jnp.broadcast_to(shifts[None, :, None, :], (n, n_s, n, 3))
+    zero_shift = jnp.all(shifts == 0, axis=1)
+    is_self = (cand == jnp.arange(n)[:, None, None]) & zero_shift[None, :, None]
+    valid = atom_mask[:, None, None] & atom_mask[None, None, :] & ~is_self
+    d = d.reshape(n, n_s * n, 3)
+    cand = cand.reshape(n, n_s * n)
+    s_w = s_w.reshape(n, n_s * n, 3)
+    valid = valid.reshape(n, n_s * n)
+    shift = s_w + image[:, None, :] - image[cand]
+    return d, cand, shift, valid, jnp.zeros((), bool)
+
+
+_STENCIL = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int32)
+
+
+def _candidates_cell(spec: NeighborSpec, positions, cell, atom_mask):
+    n = positions.shape[0]
+    pbc = jnp.asarray(spec.pbc)
+    grid = jnp.asarray(spec.grid, jnp.int32)
+    box = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
+    origin = jnp.asarray(np.asarray(spec.origin), positions.dtype)
+    frac = (positions - origin) @ jnp.linalg.inv(box)
+    image = jnp.where(pbc, jnp.floor(frac), 0.0)
+    fw = frac - image
+    outside = jnp.any(~pbc & ((fw < 0) | (fw >= 1)), axis=1) & atom_mask
+    bin3 = jnp.clip(jnp.floor(fw * grid).astype(jnp.int32), 0, grid - 1)
+    n_bins = int(np.prod(spec.grid))
+    flat = (bin3[:, 0] * grid[1] + bin3[:, 1]) * grid[2] + bin3[:, 2]
+    flat = jnp.where(atom_mask, flat, n_bins)  # padding atoms go to a dump bin
+    order = jnp.argsort(flat)
+    sorted_bins = flat[order]
+    start = jnp.searchsorted(sorted_bins, jnp.arange(n_bins + 1, dtype=flat.dtype))
+    rank = jnp.arange(n, dtype=jnp.int32) - start[sorted_bins].astype(jnp.int32)
+    k = spec.bin_capacity
+    bin_atoms = jnp.full((n_bins + 1, k), n, jnp.int32)
+    bin_atoms = bin_atoms.at[sorted_bins, rank].set(order.astype(jnp.int32), mode="drop")
+    counts = jnp.diff(start)[:n_bins]
+    bin_overflow = jnp.max(counts) > k
+
+    stencil = jnp.asarray(_STENCIL)
+    nb3 = bin3[:, None, :] + stencil[None, :, :]  # [n, 27, 3]
+    wrap = jnp.where(pbc, jnp.floor_divide(nb3, grid), 0)
+    nb3w = nb3 - wrap * grid
+    in_range = jnp.all((nb3w >= 0) & (nb3w < grid), axis=-1)
+    nb_flat = (nb3w[..., 0] * grid[1] + nb3w[..., 1]) * grid[2] + nb3w[..., 2]
+    nb_flat = jnp.where(in_range, nb_flat, n_bins)
+    cand = bin_atoms[nb_flat]  # [n, 27, k]
+    s_w = jnp.broadcast_to(wrap[:, :, None, :], cand.shape + (3,)).astype(positions.dtype)
+    cand = cand.reshape(n, -1)
+    s_w = s_w.reshape(n, -1, 3)
+    cand_c = jnp.minimum(cand, n - 1)
+    shift = s_w + image[:, None, :] - image[cand_c]
+    d = positions[cand_c] - positions[:, None, :] + shift @ cell
+    is_self = (cand == jnp.arange(n)[:, None]) & jnp.all(shift == 0, axis=-1)
+    valid = (cand < n) & atom_mask[:, None] & ~is_self
+    return d, cand, shift, valid, bin_overflow | jnp.any(outside)
+
+
+def rebuild(neighbors: Neighbors, system) -> Neighbors:
+    """Rebuild the list from ``system.positions`` (jittable). Sets ``overflow`` if it did not fit."""
+    spec = neighbors.spec
+    positions, cell, atom_mask = system.positions, system.cell, system.atom_mask
+    n = positions.shape[0]
+    build = _candidates_cell if spec.method == "cell" else _candidates_brute
+    d, cand, shift, valid, geom_overflow = build(spec, positions, cell, atom_mask)
+    rc = spec.cutoff + spec.skin
+    mask = valid & (jnp.sum(d * d, axis=-1) < rc * rc)
+    senders, shifts, count = _compact(mask, cand, shift, spec.max_neighbors, n)
+    max_count = jnp.max(count) if n else jnp.zeros((), jnp.int32)
+    m = spec.max_neighbors
+    return neighbors.replace(
+        senders=senders.reshape(n * m),
+        receivers=jnp.repeat(jnp.arange(n, dtype=jnp.int32), m),
+        shifts=shifts.reshape(n * m, 3),
+        reference_positions=positions,
+        overflow=neighbors.overflow | geom_overflow | (max_count > m),
+        max_count=jnp.maximum(neighbors.max_count, max_count),
+    )
+
+
+def needs_rebuild(neighbors: Neighbors, positions: jax.Array, atom_mask: jax.Array) -> jax.Array:
+    """True if some real atom moved more than half the skin since the last rebuild."""
+    disp = positions - neighbors.reference_positions
+    d2 = jnp.where(atom_mask, jnp.sum(disp * disp, axis=-1), 0.0)
+    return jnp.max(d2) > (0.5 * neighbors.spec.skin) ** 2
+
+
+def update(neighbors: Neighbors, system) -> Neighbors:
+    """Rebuild if needed (jittable); with ``skin == 0`` it rebuilds every call."""
+    if neighbors.spec.skin <= 0:
+        return rebuild(neighbors, system)
+    return jax.lax.cond(
+        needs_rebuild(neighbors, system.positions, system.atom_mask),
+        lambda nb: rebuild(nb, system),
+        lambda nb: nb,
+        neighbors,
+    )
+
+
+def allocate(
+    system,
+    cutoff: float,
+    *,
+    skin: float = 0.0,
+    capacity_multiplier: float = 1.25,
+    method: Literal["auto", "brute", "cell"] = "auto",
+    min_capacity: int = 0,
+) -> Neighbors:
+    """Measure ``system`` on the host and build a jitted neighbour list that fits it.
+
+    Args:
+      system: a :class:`jaxpot.System` (unbatched).
+      cutoff: interaction cutoff, Å.
+      skin: Verlet skin, Å; pairs within ``cutoff + skin`` are kept and the list is rebuilt when
+        an atom has moved more than ``skin / 2``.
+      capacity_multiplier: head-room on the measured neighbour count (and bin occupancy).
+      method: ``"brute"`` (all pairs over image shifts, O(N²)), ``"cell"`` (cell list, O(N)),
+        or ``"auto"`` (cell list when N > 512 and every periodic direction holds 3 bins).
+      min_capacity: lower bound on ``max_neighbors`` (used when growing after an overflow).
+
+    Returns:
+      A :class:`Neighbors` whose edges are already built for ``system.positions``.
+    """
+    positions = np.asarray(system.positions, np.float64)
+    cell = np.asarray(system.cell, np.float64)
+    pbc = np.asarray(system.pbc, bool)
+    atom_mask = np.asarray(system.atom_mask, bool)
+    if positions.ndim != 2:
+        raise ValueError(f"allocate expects one unbatched system, got positions {positions.shape}")
+    _check_cell(cell, pbc)
+    n = positions.shape[0]
+    rc = float(cutoff) + float(skin)
+    real = positions[atom_mask]
+
+    basis = _complete_basis(cell, pbc)
+    inv_width = np.linalg.norm(np.linalg.inv(basis), axis=0)
+    periodic_bins = np.floor(1.0 / (inv_width * rc)).astype(int)
+    cell_ok = bool(np.all(np.where(pbc, periodic_bins >= 3, True)))
+    if method == "auto":
+        method = "cell" if (cell_ok and n > 512) else "brute"
+    if method == "cell" and not cell_ok:
+        raise ValueError(
+            f"cell list needs at least 3 bins of width cutoff+skin={rc:.3f} Å along every periodic "
+            f"direction; this cell allows {periodic_bins.tolist()}; use method='brute'"
+        )
+
+    # Exact counts from the host list give the capacity.
+    if real.shape[0]:
+        r, _, _ = neighbor_list(real, cell, pbc, rc)
+        max_count = int(np.bincount(r, minlength=real.shape[0]).max()) if r.size else 0
+    else:
+        max_count = 0
+    max_neighbors = max(int(np.ceil(max_count * capacity_multiplier)) + 1, int(min_capacity), 1)
+
+    box = basis.copy()
+    origin = np.zeros(3)
+    if method == "cell":
+        grid = []
+        margin = max(2.0 * skin, 0.5 * rc)
+        for d in range(3):
+            if pbc[d]:
+                grid.append(int(periodic_bins[d]))
+            else:
+                u = basis[d] / np.linalg.norm(basis[d])
+                proj = real @ u if real.size else np.zeros(1)
+                lo, hi = proj.min() - margin, proj.max() + margin
+                length = hi - lo
+                box[d] = u * length
+                origin += u * lo
+                grid.append(max(1, int(np.floor(length / rc))))
+        frac = (real - origin) @ np.linalg.inv(box)
+        frac = frac - np.where(pbc, np.floor(frac), 0.0)
+        b3 = np.clip(np.floor(frac * grid).astype(int), 0, np.array(grid) - 1)
+        flat = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
+        occupancy = int(np.bincount(flat).max()) if flat.size else 1
+        spec = NeighborSpec(
+            cutoff=float(cutoff), skin=float(skin), max_neighbors=max_neighbors, method="cell",
+            pbc=tuple(bool(p) for p in pbc), grid=tuple(grid),
+            bin_capacity=int(np.ceil(occupancy * capacity_multiplier)) + 1,
+            box=tuple(map(tuple, box.tolist())), origin=tuple(origin.tolist()),
+        )
+    else:
+        shifts = _shift_vectors(_shift_range(cell, pbc, rc))
+        spec = NeighborSpec(
+            cutoff=float(cutoff), skin=float(skin), max_neighbors=max_neighbors, method="brute",
+            pbc=tuple(bool(p) for p in pbc), shifts=tuple(map(tuple, shifts.tolist())),
+            box=tuple(map(tuple, basis.tolist())),
+        )
+    dtype = jnp.asarray(system.positions).dtype
+    m = spec.max_neighbors
+    empty = Neighbors(
+        senders=jnp.full((n * m,), n, jnp.int32),
+        receivers=jnp.repeat(jnp.arange(n, dtype=jnp.int32), m),
+        shifts=jnp.zeros((n * m, 3), dtype),
+        reference_positions=jnp.asarray(system.positions),
+        overflow=jnp.zeros((), bool),
+        max_count=jnp.zeros((), jnp.int32),
+        spec=spec,
+    )
+    return _rebuild_jit(empty, system)
+
+
+_rebuild_jit = jax.jit(rebuild)
