@@ -11,6 +11,7 @@ from jaxpot.potential import (
     stress,
     sum_potentials,
 )
+from jaxpot.serialization import load_model, read_model_info, save_model
 from jaxpot.system import System, stack, unstack
 
 __version__ = "0.1.0"
@@ -23,8 +24,11 @@ __all__ = [
     "forces",
     "from_config",
     "hessian",
+    "load_model",
     "neighbors",
     "potentials",
+    "read_model_info",
+    "save_model",
     "stack",
     "stress",
     "sum_potentials",
