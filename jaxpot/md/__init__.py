@@ -1,0 +1,54 @@
+"""Molecular dynamics: integrators, the fused run loop, FIRE relaxation.
+
+Example:
+  >>> import numpy as np
+  >>> from ase.build import bulk
+  >>> from jaxpot import md, potentials, System
+  >>> pot = potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+  >>> system = System.from_ase(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3))
+  >>> res = md.simulate(pot, pot.init(None, system), system, dt_fs=5.0,
+  ...                   temperature_kelvin=40.0, steps=20, log_every=10)
+  >>> sorted(res.log)[:3]
+  ['kinetic_energy_ev', 'potential_energy_ev', 'pressure_gpa']
+
+Building blocks: ``md.nve / md.langevin / md.nose_hoover`` return ``Integrator(init, step)``
+pairs whose state carries a :class:`jaxpot.neighbors.Neighbors` list updated every step;
+:func:`simulate` fuses steps in jitted ``lax.scan`` blocks and never computes a step on an
+overflowed list; :func:`fire` relaxes positions. NPT is not provided (see the package notes).
+"""
+
+from jaxpot.md.integrators import (
+    Integrator,
+    LangevinState,
+    NoseHooverState,
+    NVEState,
+    degrees_of_freedom,
+    kinetic_energy,
+    langevin,
+    maxwell_boltzmann,
+    nose_hoover,
+    nve,
+    remove_net_momentum,
+    temperature,
+)
+from jaxpot.md.minimize import fire
+from jaxpot.md.run import ENSEMBLES, MDResult, simulate
+
+__all__ = [
+    "ENSEMBLES",
+    "Integrator",
+    "LangevinState",
+    "MDResult",
+    "NVEState",
+    "NoseHooverState",
+    "degrees_of_freedom",
+    "fire",
+    "kinetic_energy",
+    "langevin",
+    "maxwell_boltzmann",
+    "nose_hoover",
+    "nve",
+    "remove_net_momentum",
+    "simulate",
+    "temperature",
+]
