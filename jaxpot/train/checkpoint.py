@@ -1,0 +1,99 @@
+"""Training checkpoints: msgpack (flax.serialization), atomic writes, no pickle.
+
+A checkpoint file holds the :class:`~jaxpot.train.TrainState` (params, optimiser state, EMA,
+step, PRNG key), the best EMA parameters so far, and a JSON ``meta`` record (epoch and batch
+position, history, best metrics, early-stopping counter, the potential's config, the data
+shuffle seed). Together with the deterministic per-epoch shuffle of
+:class:`~jaxpot.data.BatchLoader` this resumes a run to exactly the state it was in.
+
+Writes go to a temporary file in the same directory which is fsynced and renamed over the
+destination, so a kill during a write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+from flax import serialization
+
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _host(tree):
+    return serialization.to_state_dict(tree)
+
+
+def save_checkpoint(path: str | os.PathLike, state, best_params, meta: dict) -> None:
+    """Atomically write a checkpoint.
+
+    Args:
+      path: the checkpoint file.
+      state: a :class:`~jaxpot.train.TrainState`.
+      best_params: best EMA parameters so far (or None).
+      meta: JSON-serialisable record (epoch, batch, history, ...).
+    """
+    payload = {
+        "format": "jaxpot-train-checkpoint",
+        "version": 1,
+        "state": _host(state),
+        "has_best": best_params is not None,
+        "best_params": _host(best_params) if best_params is not None else {},
+        "meta": json.dumps(meta, default=_json_default),
+    }
+    atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+
+
+def _json_default(x):
+    if isinstance(x, np.generic | np.ndarray):
+        return np.asarray(x).tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def load_checkpoint(path: str | os.PathLike, state_template, params_template):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+      path: the checkpoint file.
+      state_template: a freshly created TrainState of the same structure (shapes and dtypes).
+      params_template: a params tree of the same structure (for the best parameters).
+
+    Returns:
+      ``(state, best_params or None, meta)``.
+
+    Raises:
+      ValueError: not a jaxpot checkpoint, or its structure does not match the templates.
+    """
+    with open(path, "rb") as f:
+        raw = serialization.msgpack_restore(f.read())
+    if not isinstance(raw, dict) or raw.get("format") != "jaxpot-train-checkpoint":
+        raise ValueError(f"{path}: not a jaxpot training checkpoint")
+    try:
+        state = serialization.from_state_dict(state_template, raw["state"])
+        best = (serialization.from_state_dict(params_template, raw["best_params"])
+                if raw["has_best"] else None)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: checkpoint does not match this model/optimizer ({err}); "
+                         "use a fresh output directory or --restart") from err
+    return state, best, json.loads(raw["meta"])

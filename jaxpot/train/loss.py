@@ -1,0 +1,193 @@
+"""Loss weights, the masked loss, and per-element energy offsets.
+
+Loss of a batch (all means run over real entries only; padding atoms, dummy structures and
+missing labels are masked out, so padding never changes the loss)::
+
+    L = w_E · mean_s((ΔE_s / N_s)²)                       # per-atom energy error, eV²/atom²
+      + w_F · mean_atoms(|ΔF_i|²)                          # squared norm per atom, (eV/Å)²
+      + w_S · mean_{s with stress}(‖Δσ_s‖²_F)              # Frobenius, (eV/Å³)²
+
+Default weights (:func:`default_weights`) make each term dimensionless by dividing by the
+loss of the trivial model that predicts the element references, zero forces and zero stress:
+``w_E = 1/σ_E²`` with σ_E the std of the per-atom residual energy, ``w_F = 1/(3·F_rms²)``
+(``3·F_rms²`` is the mean ``|F|²`` per atom), ``w_S = 1/(9·σ_rms²)`` (0 without stress labels).
+A model that has learned nothing scores about 1 on each term, so the terms are balanced
+whatever the units and label scales of the data set. Floors (1 meV/atom, 10 meV/Å, 1e-4 eV/Å³)
+keep the weights finite for nearly constant labels.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpot.data import Batch, Statistics
+from jaxpot.potential import (
+    Potential,
+    energy_and_forces,
+    energy_forces_stress,
+    from_config,
+    register,
+)
+
+__all__ = [
+    "LossWeights",
+    "default_weights",
+    "predict",
+    "loss_terms",
+    "make_loss_fn",
+    "with_element_refs",
+    "element_refs_table",
+]
+
+N_ELEMENTS = 119  # table index = atomic number (0 unused)
+
+
+class LossWeights(NamedTuple):
+    """Weights of the energy (per atom), force and stress terms (see module docstring)."""
+
+    energy: float = 1.0
+    forces: float = 1.0
+    stress: float = 0.0
+
+
+def default_weights(stats: Statistics, *, energy: float = 1.0, forces: float = 1.0,
+                    stress: float = 1.0) -> LossWeights:
+    """Weights that normalise each term by its label scale, times the given factors.
+
+    Args:
+      stats: training-set :class:`~jaxpot.data.Statistics`.
+      energy, forces, stress: relative importance factors (default 1 each).
+
+    Returns:
+      ``LossWeights(energy / σ_E², forces / (3 F_rms²), stress / (9 σ_rms²))``, with floors on
+      the scales and a zero stress weight when the data has no stress.
+    """
+    sigma_e = max(stats.energy_std_per_atom, 1e-3)
+    f2 = 3.0 * max(stats.force_rms, 1e-2) ** 2
+    s2 = 9.0 * max(stats.stress_rms, 1e-4) ** 2
+    return LossWeights(
+        energy=float(energy / sigma_e**2),
+        forces=float(forces / f2) if stats.force_rms > 0 else 0.0,
+        stress=float(stress / s2) if stats.has_stress else 0.0,
+    )
+
+
+def predict(potential: Potential, params, system, *, stress: bool = True):
+    """Batched predictions: ``(energy [B] eV, forces [B, n, 3] eV/Å, stress [B, 3, 3] eV/Å³)``.
+
+    ``system`` is a batched :class:`~jaxpot.System`; with ``stress=False`` the stress is zeros
+    (one backward pass fewer).
+    """
+    if stress:
+        fn = energy_forces_stress(potential)
+        return jax.vmap(fn, in_axes=(None, 0))(params, system)
+    e, f = jax.vmap(energy_and_forces(potential), in_axes=(None, 0))(params, system)
+    return e, f, jnp.zeros(e.shape + (3, 3), e.dtype)
+
+
+def loss_terms(energy, forces, stress, batch: Batch) -> dict:
+    """Masked mean squared errors of one batch of predictions.
+
+    Args:
+      energy: ``[B]`` predicted energies, eV.
+      forces: ``[B, n, 3]`` predicted forces, eV/Å.
+      stress: ``[B, 3, 3]`` predicted stress, eV/Å³.
+      batch: the labels.
+
+    Returns:
+      ``{"energy": mean (ΔE/N)², "forces": mean |ΔF|² per atom, "stress": mean ‖Δσ‖²_F,
+      "n_structures", "n_atoms", "n_stress"}`` (the counts are the masked denominators).
+    """
+    w = batch.weight
+    n = jnp.maximum(batch.n_atoms, 1).astype(energy.dtype)
+    de = (energy - batch.energy) / n
+    n_s = jnp.sum(w)
+    e_term = jnp.sum(w * de * de) / jnp.maximum(n_s, 1.0)
+    amask = batch.system.atom_mask * (w * batch.has_forces)[:, None]
+    df = jnp.where(amask[..., None] > 0, forces - batch.forces, 0.0)
+    n_a = jnp.sum(amask)
+    f_term = jnp.sum(df * df) / jnp.maximum(n_a, 1.0)
+    smask = w * batch.has_stress
+    ds = jnp.where(smask[:, None, None] > 0, stress - batch.stress, 0.0)
+    n_st = jnp.sum(smask)
+    s_term = jnp.sum(ds * ds) / jnp.maximum(n_st, 1.0)
+    return {"energy": e_term, "forces": f_term, "stress": s_term,
+            "n_structures": n_s, "n_atoms": n_a, "n_stress": n_st}
+
+
+def make_loss_fn(potential: Potential, weights: LossWeights):
+    """``(params, batch) -> (loss, terms)`` for a batched :class:`~jaxpot.data.Batch`.
+
+    Stress is only computed when ``weights.stress > 0``.
+    """
+    weights = LossWeights(*map(float, weights))
+
+    def loss_fn(params, batch: Batch):
+        e, f, s = predict(potential, params, batch.system, stress=weights.stress > 0)
+        terms = loss_terms(e, f, s, batch)
+        loss = (weights.energy * terms["energy"] + weights.forces * terms["forces"]
+                + weights.stress * terms["stress"])
+        return loss, terms
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-element energy offsets
+# ---------------------------------------------------------------------------------------------
+
+
+def element_refs_table(refs: dict, dtype=None) -> jnp.ndarray:
+    """``[119]`` array, entry Z = reference energy of element Z in eV (0 where absent)."""
+    table = np.zeros(N_ELEMENTS)
+    for z, v in refs.items():
+        table[int(z)] = float(v)
+    return jnp.asarray(table, dtype)
+
+
+@register("with_element_refs")
+def with_element_refs(model, refs: dict, *, trainable: bool = False,
+                      scale: float = 1.0) -> Potential:
+    """Add per-element reference energies to a potential: ``E = scale·E_model + Σ_i e_{Z_i}``.
+
+    Used when a model has no atomic shift/scale parameters of its own (pair potentials, simple
+    models): the element references fitted on the training set are added outside the model, so
+    the model only learns the residual.
+
+    Args:
+      model: a :class:`~jaxpot.Potential` or its config.
+      refs: ``{atomic number: eV}`` (keys may be strings, as in JSON).
+      trainable: if True the references live in ``params["element_refs"]`` (a ``[119]``
+        array, initialised from ``refs``) and are trained; otherwise they are constants.
+      scale: multiplies the model's energy (e.g. the force RMS for a normalised model).
+
+    Returns:
+      A potential with params ``{"model": model params[, "element_refs": [119]]}``.
+    """
+    inner = model if isinstance(model, Potential) else from_config(model)
+    refs = {int(z): float(v) for z, v in refs.items()}
+    const = element_refs_table(refs, np.float64)
+    scale = float(scale)
+
+    def init(key, system):
+        p = {"model": inner.init(key, system)}
+        if trainable:
+            dtype = None if system is None else jnp.asarray(system.positions).dtype
+            p["element_refs"] = element_refs_table(refs, dtype)
+        return p
+
+    def energy(params, system):
+        table = params["element_refs"] if trainable else const
+        dtype = system.positions.dtype
+        z = jnp.where(system.atom_mask, system.species, 0)
+        offset = jnp.sum(jnp.where(system.atom_mask, table.astype(dtype)[z], 0.0))
+        return scale * inner.energy(params["model"], system) + offset
+
+    config = {"name": "with_element_refs",
+              "kwargs": {"model": inner.config, "refs": {str(z): v for z, v in refs.items()},
+                         "trainable": bool(trainable), "scale": scale}}
+    return Potential(init, energy, inner.cutoff, config)

@@ -1,0 +1,125 @@
+"""Validation metrics and the per-epoch metrics CSV.
+
+Conventions: energy errors are per atom, ``(E_pred − E_ref)/N``, in meV/atom; force errors are
+over Cartesian components of real atoms, meV/Å; stress errors over the 9 components of
+structures that have a stress label, meV/Å³.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+
+from jaxpot.data import BatchLoader, Dataset
+from jaxpot.potential import Potential
+from jaxpot.train.loss import LossWeights
+from jaxpot.train.step import make_eval_step
+
+__all__ = ["evaluate", "metrics_from_sums", "write_csv_row", "read_csv"]
+
+_KEYS = ("n_structures", "e_abs", "e_sq", "n_force_comps", "f_abs", "f_sq", "n_stress_comps",
+         "s_abs", "s_sq")
+
+
+def metrics_from_sums(sums: dict, weights: LossWeights | None = None) -> dict:
+    """Turn accumulated error sums (from :func:`jaxpot.train.make_eval_step`) into metrics.
+
+    Returns:
+      ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a``,
+      ``force_rmse_mev_per_a``, ``stress_mae_mev_per_a3`` (only when some structure has
+      stress), ``n_structures`` and, if ``weights`` is given, ``loss`` (the training loss
+      evaluated over the whole set).
+    """
+    n = max(sums["n_structures"], 1.0)
+    nf = max(sums["n_force_comps"], 1.0)
+    out = {
+        "energy_mae_mev_per_atom": 1e3 * sums["e_abs"] / n,
+        "energy_rmse_mev_per_atom": 1e3 * math.sqrt(sums["e_sq"] / n),
+        "force_mae_mev_per_a": 1e3 * sums["f_abs"] / nf,
+        "force_rmse_mev_per_a": 1e3 * math.sqrt(sums["f_sq"] / nf),
+    }
+    if sums["n_stress_comps"] > 0:
+        out["stress_mae_mev_per_a3"] = 1e3 * sums["s_abs"] / sums["n_stress_comps"]
+    out["n_structures"] = int(round(sums["n_structures"]))
+    if weights is not None:
+        n_atoms = max(sums["n_force_comps"] / 3.0, 1.0)
+        n_stress = max(sums["n_stress_comps"] / 9.0, 1.0)
+        out["loss"] = (weights.energy * sums["e_sq"] / n + weights.forces * sums["f_sq"] / n_atoms
+                       + weights.stress * sums["s_sq"] / n_stress)
+    return out
+
+
+def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
+             batch_size: int = 16, weights: LossWeights | None = None, eval_step=None,
+             stress: bool | None = None, return_predictions: bool = False):
+    """Errors of ``potential`` on a dataset.
+
+    Args:
+      potential: the model.
+      params: its parameters (e.g. the EMA parameters).
+      data: a :class:`~jaxpot.data.Dataset` or a non-shuffling :class:`~jaxpot.data.BatchLoader`.
+      batch_size: when ``data`` is a Dataset.
+      weights: also report the loss.
+      eval_step: a compiled :func:`~jaxpot.train.make_eval_step` to reuse.
+      stress: compute stress (default: when the data has stress labels).
+      return_predictions: also return per-structure predictions.
+
+    Returns:
+      The metrics dict (:func:`metrics_from_sums`), and with ``return_predictions`` a second
+      dict ``{"energy_ref", "energy_pred" [S] eV/atom, "forces_ref", "forces_pred" [M, 3] eV/Å,
+      "index" [S]}`` in dataset order.
+    """
+    loader = data if isinstance(data, BatchLoader) else BatchLoader(
+        data, batch_size, shuffle=False)
+    if stress is None:
+        stress = loader.dataset.has_stress
+    if eval_step is None:
+        eval_step = make_eval_step(potential, stress=stress)
+    totals = dict.fromkeys(_KEYS, 0.0)
+    preds = {"index": [], "energy_ref": [], "energy_pred": [], "forces_ref": [],
+             "forces_pred": []}
+    for (_, idx), batch in zip(loader.plan(0), loader.batches(0), strict=False):
+        sums, (e, f, _) = eval_step(params, batch)
+        for k in _KEYS:
+            totals[k] += float(sums[k])
+        if return_predictions:
+            e = np.asarray(e, np.float64)
+            f = np.asarray(f, np.float64)
+            for k, i in enumerate(idx):
+                s = loader.dataset.structures[int(i)]
+                preds["index"].append(int(i))
+                preds["energy_ref"].append(s.energy / s.n_atoms)
+                preds["energy_pred"].append(e[k] / s.n_atoms)
+                if s.forces is not None:
+                    preds["forces_ref"].append(s.forces)
+                    preds["forces_pred"].append(f[k, : s.n_atoms])
+    metrics = metrics_from_sums(totals, weights)
+    if not return_predictions:
+        return metrics
+    order = np.argsort(preds["index"], kind="stable")
+    out = {"index": np.asarray(preds["index"])[order],
+           "energy_ref": np.asarray(preds["energy_ref"])[order],
+           "energy_pred": np.asarray(preds["energy_pred"])[order]}
+    for k in ("forces_ref", "forces_pred"):
+        out[k] = np.concatenate(preds[k]) if preds[k] else np.zeros((0, 3))
+    return metrics, out
+
+
+def write_csv_row(path: str | os.PathLike, row: dict, fields: list[str]) -> None:
+    """Append ``row`` to the CSV at ``path`` (writing the header if the file is new)."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """Rows of a metrics CSV as dicts of floats (empty cells → None)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
