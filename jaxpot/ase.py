@@ -52,9 +52,12 @@ class Calculator(_AseCalculator):
       n_compiles: number of distinct padded shapes seen so far (each compiles once).
 
     Example:
-      >>> atoms = ase.build.bulk("Ar", "fcc", a=5.26)
-      >>> atoms.calc = Calculator(jaxpot.potentials.lennard_jones(3.4, 0.0104, 8.5))
-      >>> atoms.get_potential_energy()  # doctest: +SKIP
+      >>> from ase.build import bulk
+      >>> from jaxpot.potentials import lennard_jones
+      >>> atoms = bulk("Ar", "fcc", a=5.26)
+      >>> atoms.calc = Calculator(lennard_jones(3.4, 0.0104, 8.5))
+      >>> round(atoms.get_potential_energy(), 2)
+      -0.08
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]

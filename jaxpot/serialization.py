@@ -15,11 +15,14 @@ Writes are atomic: the bytes go to a temporary file in the destination's directo
 flushed, synced and then renamed over the destination (:func:`atomic_write`), so a crash
 mid-write leaves the previous file intact.
 
-Example:
-  >>> pot = jaxpot.potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
-  >>> params = pot.init(jax.random.key(0), None)
-  >>> jaxpot.save_model("argon.jaxpot", pot, params)
-  >>> pot2, params2 = jaxpot.load_model("argon.jaxpot")
+Example::
+
+    pot = jaxpot.potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+    params = pot.init(jax.random.key(0), None)
+    jaxpot.save_model("argon.jaxpot", pot, params)
+    pot2, params2 = jaxpot.load_model("argon.jaxpot")
+
+``jaxpot info argon.jaxpot`` prints the config.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     Yields:
       The open temporary file.
 
-    Example:
-      >>> with atomic_write("out.csv", "w") as f:
-      ...     f.write("a,b\\n")
+    Example::
+
+        with atomic_write("out.csv", "w") as f:
+            f.write("a,b\\n")
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -164,6 +168,17 @@ def _to_jax(tree: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _json_default(obj):
+    """NumPy / JAX scalars and arrays in configs and metadata become plain JSON values."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "dtype") and hasattr(obj, "shape") and "key<" not in str(obj.dtype):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | None = None
                ) -> None:
     """Write ``potential.config`` and ``params`` to one model file, atomically.
@@ -174,7 +189,8 @@ def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | N
         name is registered (:func:`jaxpot.potential.register`).
       params: nested dicts (lists, tuples) of arrays, e.g. from ``potential.init``; sums use
         ``{"term0": ..., "term1": ...}``.
-      metadata: optional JSON-serialisable dict kept in the file (training data, units, notes).
+      metadata: optional JSON-serialisable dict kept in the file (training data, units, notes);
+        NumPy/JAX scalars and arrays are converted to numbers and lists, NaN is allowed.
 
     Raises:
       ValueError: the config or metadata is not JSON-serialisable, or params hold something
@@ -187,8 +203,8 @@ def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | N
         raise ValueError(f"save_model: potential.config must be a dict with a 'name', "
                          f"got {config!r}")
     try:
-        config_json = json.dumps(config, sort_keys=True, allow_nan=False)
-        metadata_json = json.dumps(metadata or {}, sort_keys=True, allow_nan=False)
+        config_json = json.dumps(config, sort_keys=True, allow_nan=False, default=_json_default)
+        metadata_json = json.dumps(metadata or {}, sort_keys=True, default=_json_default)
     except (TypeError, ValueError) as err:
         raise ValueError(f"save_model: config/metadata are not JSON-serialisable: {err}") from None
     try:

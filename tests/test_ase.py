@@ -292,3 +292,16 @@ def test_bad_structure_is_a_value_error():
     atoms.calc = Calculator(lennard_jones(**LJ))
     with pytest.raises(ValueError, match="non-finite"):
         atoms.get_potential_energy()
+
+
+def test_float32_system_gives_float64_results_close_to_float64():
+    import jax.numpy as jnp
+
+    atoms = _fcc_cubic().repeat((2, 2, 1))
+    pot = lennard_jones(**LJ)
+    e64, f64, s64 = _ours(atoms, pot)
+    e32, f32, s32 = _ours(atoms, pot, Calculator(pot, dtype=jnp.float32))
+    assert f32.dtype == np.float64 and s32.dtype == np.float64
+    assert e32 != e64  # really computed in single precision
+    assert abs(e32 - e64) <= 1e-5 * abs(e64)
+    np.testing.assert_allclose(f32, f64, atol=1e-4 * np.abs(f64).max())

@@ -31,7 +31,8 @@ def _model():
 def test_round_trip_identical_energy(tmp_path):
     pot, params = _model()
     path = tmp_path / "model.jaxpot"
-    jaxpot.save_model(path, pot, params, metadata={"note": "test"})
+    jaxpot.save_model(path, pot, params,
+                      metadata={"note": "test", "rmse": np.float32(0.5), "v": jnp.ones(2)})
     pot2, params2 = jaxpot.load_model(path)
     assert pot2.config == pot.config
     assert pot2.cutoff == pot.cutoff
@@ -41,7 +42,7 @@ def test_round_trip_identical_energy(tmp_path):
     assert abs(float(e1)) > 0
     assert float(e1) == float(e2)  # bit-identical
     info = jaxpot.read_model_info(path)
-    assert info["metadata"] == {"note": "test"}
+    assert info["metadata"] == {"note": "test", "rmse": 0.5, "v": [1.0, 1.0]}
     assert info["format"] == serialization.FORMAT
     assert info["jaxpot_version"] == jaxpot.__version__
     assert info["params_shapes"]["term0"]["sigma"] == "float64[]"
