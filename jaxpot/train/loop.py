@@ -133,7 +133,9 @@ class FitResult:
       history: one dict per epoch (the rows of the metrics CSV).
       best: validation metrics of ``params``.
       stop_reason: ``"epochs"``, ``"early_stopping"`` or ``"time_budget"``.
-      n_traces: compilations of the train step in this process.
+      n_traces: compilations of the train step in this call.
+      eval_step: the compiled evaluation step (reuse it with :func:`evaluate`).
+      shapes: the padded batch shapes used (reuse them to avoid compiling again).
     """
 
     params: Any
@@ -142,6 +144,8 @@ class FitResult:
     best: dict | None
     stop_reason: str
     n_traces: int
+    eval_step: Any = None
+    shapes: list | None = None
 
 
 def _progress_enabled(flag: bool | None) -> bool:
@@ -223,8 +227,13 @@ def fit(
         warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)), decay=config.decay,
         final_lr_fraction=config.final_lr_fraction, clip_norm=config.clip_norm,
         name=config.optimizer, weight_decay=config.weight_decay)
-    train_step = make_train_step(potential, optimizer, weights, ema_decay=config.ema_decay)
-    eval_step = make_eval_step(potential, stress=weights.stress > 0 or valid_data.has_stress)
+    opt_key = (config.lr, config.epochs * steps_per_epoch,
+               int(round(config.warmup_epochs * steps_per_epoch)), config.decay,
+               config.final_lr_fraction, config.clip_norm, config.optimizer, config.weight_decay)
+    train_step, eval_step = _compiled_steps(
+        potential, optimizer, opt_key, weights, config.ema_decay,
+        weights.stress > 0 or valid_data.has_stress)
+    traces_before = train_step.n_traces
     params = jax.tree.map(lambda x: jax.numpy.asarray(x, _leaf_dtype(x, dtype)), params)
     state = TrainState.create(params, optimizer, seed=config.seed)
 
@@ -374,7 +383,26 @@ def fit(
 
     final = best_params if best_params is not None else state.ema_params
     return FitResult(params=final, state=state, history=history, best=best,
-                     stop_reason=stop_reason, n_traces=train_step.n_traces)
+                     stop_reason=stop_reason, n_traces=train_step.n_traces - traces_before,
+                     eval_step=eval_step, shapes=shapes)
+
+
+_STEP_CACHE: dict = {}
+
+
+def _compiled_steps(potential, optimizer, opt_key, weights, ema_decay, stress):
+    """Reuse jitted steps across :func:`fit` calls on the same potential object (so resuming
+    in the same process, or fitting again, does not compile again)."""
+    key = (id(potential.energy), opt_key, tuple(weights), float(ema_decay), bool(stress))
+    hit = _STEP_CACHE.get(key)
+    if hit is not None and hit[0] is potential.energy:
+        return hit[1], hit[2]
+    steps = (make_train_step(potential, optimizer, weights, ema_decay=ema_decay),
+             make_eval_step(potential, stress=stress))
+    if len(_STEP_CACHE) >= 8:
+        _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+    _STEP_CACHE[key] = (potential.energy, *steps)
+    return steps
 
 
 def _leaf_dtype(x, dtype):
@@ -518,9 +546,9 @@ def attach_element_refs(potential: Potential, params, stats: jdata.Statistics, *
     """Put the fitted per-element reference energies (and the force scale) into the model.
 
     If ``params`` contain a per-species atomic shift array (a 1-D leaf named ``atomic_shift``,
-    as the ``jaxpot.models`` families have; with ``species_index`` mapping atomic number → row, or rows indexed by
-    atomic number when the array has 119 entries) it is set to the references, and a matching
-    scale array to the force RMS. Otherwise the potential is wrapped with
+    as the ``jaxpot.models`` families have; ``species_index`` maps atomic number → row, or
+    rows are atomic numbers when the array has 119 entries) it is set to the references, and
+    the matching ``atomic_scale`` array to the force RMS. Otherwise the potential is wrapped with
     :func:`~jaxpot.train.with_element_refs`, which adds ``Σ_i e_{Z_i}`` (constants, or
     trainable with ``trainable=True``). A model's own shift/scale parameters are always
     trained (they are only initialised here).
@@ -643,9 +671,11 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
 
         preds = None
         if deadline is None or time.monotonic() + 1.0 < deadline:
-            _, preds = evaluate(potential, result.params, valid_set,
-                                batch_size=config.eval_batch_size or config.batch_size,
-                                return_predictions=True)
+            vloader = jdata.BatchLoader(valid_set, config.eval_batch_size or config.batch_size,
+                                        shapes=result.shapes, shuffle=False,
+                                        dtype=jax.numpy.dtype(config.dtype))
+            _, preds = evaluate(potential, result.params, vloader, return_predictions=True,
+                                eval_step=result.eval_step)
         save_plots(os.path.join(out, "plots"), result.history, preds)
     return {"model": model_path, "best": best, "stop_reason": result.stop_reason,
             "epochs": len(result.history), "history": result.history,

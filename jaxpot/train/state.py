@@ -34,10 +34,12 @@ class TrainState:
     def create(cls, params, optimizer: optax.GradientTransformation, *, seed: int = 0
                ) -> TrainState:
         """Fresh state: optimiser initialised, EMA equal to ``params``, step 0."""
+        # Strong dtypes: weakly typed leaves (from Python scalars) would retrace after step 1.
+        params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
         return cls(
             params=params,
             opt_state=optimizer.init(params),
-            ema_params=jax.tree.map(jnp.asarray, params),
+            ema_params=jax.tree.map(jnp.array, params),
             step=jnp.zeros((), jnp.int32),
             key=jax.random.key_data(jax.random.key(seed)),
         )

@@ -1,0 +1,250 @@
+"""Tests of jaxpot.train on a toy learnable pair potential (Morse) and tiny EMT Cu data."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from jaxpot import data, potentials, train
+from jaxpot.train import loss as tloss
+
+CUTOFF = 3.0
+
+
+def _emt_images(n, seed=0):
+    images = []
+    for i in range(n):
+        reps = (2, 2, 2) if i % 2 else (2, 2, 1)
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(reps)
+        a.rattle(0.05, seed=seed + i)
+        a.calc = EMT()
+        a.get_potential_energy()
+        a.get_stress()
+        images.append(a)
+    return images
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    ds = data.from_atoms(_emt_images(10), cutoff=CUTOFF)
+    tr, va = data.split(ds, n_valid=3, seed=0)
+    return tr, va
+
+
+def _toy(stats, *, trainable=False):
+    pot = potentials.morse(D=0.3, alpha=1.4, r0=2.7, cutoff=CUTOFF)
+    return train.attach_element_refs(pot, pot.init(None, None), stats, trainable=trainable)
+
+
+def _config(**kw):
+    base = dict(batch_size=3, epochs=3, lr=2e-2, warmup_epochs=0.5, dtype="float64",
+                progress=False, patience=None, stress_weight=0.0)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_default_weights_rule(datasets):
+    st = data.statistics(datasets[0])
+    w = train.default_weights(st)
+    assert w.energy == pytest.approx(1 / max(st.energy_std_per_atom, 1e-3) ** 2)
+    assert w.forces == pytest.approx(1 / (3 * st.force_rms**2))
+    assert w.stress == pytest.approx(1 / (9 * st.stress_rms**2))
+    # The trivial model (refs, zero forces, zero stress) scores ~1 on each term.
+    tr = datasets[0]
+    b = data.collate(tr.structures, len(tr), max(tr.n_atoms), max(tr.n_edges))
+    refs = jnp.asarray([sum(st.element_refs[int(z)] for z in s.numbers) for s in tr.structures])
+    t = tloss.loss_terms(refs, jnp.zeros_like(b.forces), jnp.zeros_like(b.stress), b)
+    assert w.forces * t["forces"] == pytest.approx(1.0, rel=1e-9)
+    assert w.stress * t["stress"] == pytest.approx(1.0, rel=1e-9)
+    assert w.energy * t["energy"] == pytest.approx(1.0, rel=0.5)
+
+
+def test_padding_does_not_change_loss(datasets):
+    tr = datasets[0]
+    st = data.statistics(tr)
+    pot, params = _toy(st)
+    w = train.default_weights(st)
+    loss_fn = jax.jit(train.make_loss_fn(pot, w))
+    structs = tr.structures[:3]
+    n, e = max(s.n_atoms for s in structs), max(s.n_edges for s in structs)
+    tight = data.collate(structs, 3, n, e)
+    padded = data.collate(structs, 5, n + 7, e + 50)  # 2 dummies, padding atoms and edges
+    l1, t1 = loss_fn(params, tight)
+    l2, t2 = loss_fn(params, padded)
+    assert float(l1) > 0
+    assert float(l2) == pytest.approx(float(l1), rel=1e-12)
+    for k in ("energy", "forces", "stress"):
+        assert float(t2[k]) == pytest.approx(float(t1[k]), rel=1e-12)
+
+
+def test_loss_gradient_matches_finite_differences(datasets):
+    tr = datasets[0]
+    st = data.statistics(tr)
+    pot, params = _toy(st, trainable=True)
+    w = train.default_weights(st)
+    loss_fn = jax.jit(lambda p, b: train.make_loss_fn(pot, w)(p, b)[0])
+    b = data.collate(tr.structures[:3], 3, max(tr.n_atoms), max(tr.n_edges))
+    g = jax.grad(loss_fn)(params, b)
+    h = 1e-6
+    for name in ("D", "alpha", "r0"):
+        plus = {**params, "model": {**params["model"], name: params["model"][name] + h}}
+        minus = {**params, "model": {**params["model"], name: params["model"][name] - h}}
+        fd = (float(loss_fn(plus, b)) - float(loss_fn(minus, b))) / (2 * h)
+        assert float(g["model"][name]) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+    # Trainable element refs get a gradient too (entry 29 = Cu only).
+    gr = np.asarray(g["element_refs"])
+    assert gr[29] != 0 and np.count_nonzero(gr) == 1
+
+
+def test_train_steps_reduce_loss_and_compile_once_per_shape(datasets):
+    tr = datasets[0]
+    st = data.statistics(tr)
+    pot, params = _toy(st)
+    w = train.default_weights(st)._replace(stress=0.0)
+    opt, _ = train.make_optimizer(2e-2, total_steps=100, warmup_steps=2)
+    step = train.make_train_step(pot, opt, w, ema_decay=0.9)
+    state = train.TrainState.create(params, opt)
+    loader = data.BatchLoader(tr, 2, seed=0)
+    assert len(loader.used_shapes) == 2  # 16- and 32-atom cells
+    losses = []
+    for epoch in range(4):
+        for b in loader.batches(epoch):
+            state, m = step(state, b)
+            losses.append(float(m["loss"]))
+        if epoch == 0:
+            assert step.n_traces == len(loader.used_shapes)
+    assert step.n_traces == len(loader.used_shapes)  # no recompilation in later epochs
+    assert int(state.step) == 4 * len(loader)
+    assert np.mean(losses[-len(loader):]) < 0.5 * np.mean(losses[: len(loader)])
+    # EMA lags behind the parameters but moved away from the initialisation.
+    assert float(state.ema_params["model"]["D"]) != float(params["model"]["D"])
+
+
+def test_fit_resume_after_kill_equals_uninterrupted(datasets, tmp_path):
+    tr, va = datasets
+    st = data.statistics(tr)
+    pot, params = _toy(st)
+    cfg = _config(epochs=4, ema_decay=0.9)
+    ref = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=tmp_path / "a.ckpt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(epoch, batch):
+        def cb(info):
+            if info["event"] == "step" and info["epoch"] == epoch and info["batch"] == batch:
+                raise Killed
+
+        return cb
+
+    ckpt = tmp_path / "b.ckpt"
+    # Killed mid-epoch 2 (work since the epoch-1 checkpoint is lost), then mid-epoch 3.
+    with pytest.raises(Killed):
+        train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,
+                  callback=kill_at(1, 1))
+    with pytest.raises(Killed):
+        train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,
+                  callback=kill_at(2, 0))
+    res = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                        (ref.state, ref.params), (res.state, res.params))
+    assert all(jax.tree.leaves(same)), same
+    assert [h["valid_loss"] for h in res.history] == [h["valid_loss"] for h in ref.history]
+    assert ref.best == res.best and len(res.history) == 4
+    # A finished run resumes to itself without training.
+    again = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt)
+    assert int(again.state.step) == int(ref.state.step)
+
+
+def test_time_budget_bounds_the_run(datasets):
+    tr, va = datasets
+    st = data.statistics(tr)
+    pot, params = _toy(st)
+    budget_s = 8.0
+    cfg = _config(epochs=100000, time_budget_min=budget_s / 60)
+    t0 = time.monotonic()
+    res = train.fit(pot, params, tr, va, cfg, stats=st)
+    elapsed = time.monotonic() - t0
+    assert res.stop_reason == "time_budget"
+    assert elapsed < budget_s + 1.0, elapsed
+    assert int(res.state.step) > 0
+    assert all(np.isfinite(np.asarray(x)) for x in jax.tree.leaves(res.params))
+
+
+def test_early_stopping(datasets):
+    tr, va = datasets
+    st = data.statistics(tr)
+    pot, params = _toy(st)
+    res = train.fit(pot, params, tr, va, _config(epochs=50, lr=0.0, patience=2), stats=st)
+    assert res.stop_reason == "early_stopping"
+    assert len(res.history) == 3  # the first epoch sets the best; two more without progress
+
+
+def test_attach_refs_to_model_shift_params(datasets):
+    st = data.statistics(datasets[0])
+    base = potentials.morse(D=0.3, alpha=1.4, r0=2.7, cutoff=CUTOFF)
+
+    def init(key, system):
+        return {"pair": base.init(key, system), "atomic_shift": jnp.zeros(2),
+                "atomic_scale": jnp.ones(2)}
+
+    def energy(p, system):
+        idx = jnp.where(system.species == 29, 1, 0)
+        e = p["atomic_scale"][idx] * 0.0 + p["atomic_shift"][idx]
+        return base.energy(p["pair"], system) + jnp.sum(jnp.where(system.atom_mask, e, 0.0))
+
+    pot = base._replace(init=init, energy=energy,
+                        config={"name": "toy", "kwargs": {"species": ["H", "Cu"]}})
+    pot2, p2 = train.attach_element_refs(pot, pot.init(None, None), st,
+                                         species_index=train.loop.species_index(pot))
+    assert pot2 is pot
+    assert float(p2["atomic_shift"][1]) == pytest.approx(st.element_refs[29])
+    assert float(p2["atomic_scale"][0]) == pytest.approx(st.force_rms)
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    import ase.io
+
+    from jaxpot import cli, load_model
+
+    images = _emt_images(8, seed=20)
+    ase.io.write(tmp_path / "train.xyz", images[1:], format="extxyz")
+    ase.io.write(tmp_path / "valid.xyz", images[:1], format="extxyz")  # one shape to compile
+    out = tmp_path / "run"
+    argv = ["train", "--train", str(tmp_path / "train.xyz"), "--valid",
+            str(tmp_path / "valid.xyz"), "--model", "morse", "--model-kwargs",
+            '{"D": 0.3, "alpha": 1.4, "r0": 2.7}', "--cutoff", str(CUTOFF), "--epochs", "2",
+            "--batch-size", "3", "--lr", "0.01", "--seed", "1", "--time-budget-min", "2",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 2 and summary["stop_reason"] == "epochs"
+    for f in ("model", "metrics.csv", "checkpoint", "plots/learning_curve.png",
+              "plots/parity.png"):
+        assert os.path.getsize(out / f) > 0, f
+    rows = open(out / "metrics.csv").read().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,step")
+    pot, params = load_model(out / "model")
+    assert pot.config["name"] == "with_element_refs"
+
+    assert cli.main(["eval", str(out / "model"), str(tmp_path / "valid.xyz")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_structures"] == 1
+    for k in ("energy_mae_mev_per_atom", "energy_rmse_mev_per_atom", "force_mae_mev_per_a",
+              "force_rmse_mev_per_a", "stress_mae_mev_per_a3"):
+        assert np.isfinite(metrics[k]) and metrics[k] >= 0
+    assert metrics["force_mae_mev_per_a"] == pytest.approx(
+        summary["best"]["force_mae_mev_per_a"], rel=1e-4)
+
+    # Resuming a finished run trains no further; bad input is one clear error.
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2
+    assert cli.main(["train", "--train", str(tmp_path / "nope.xyz"), "--model", "morse",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "nope.xyz: no such file" in capsys.readouterr().err
