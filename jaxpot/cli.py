@@ -136,7 +136,6 @@ def _cmd_md(args) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    from jaxpot import md
     from jaxpot.io import read_structure, write
     from jaxpot.serialization import load_model
     from jaxpot.system import System
@@ -158,6 +157,8 @@ def _cmd_md(args) -> int:
     atoms = read_structure(args.structure)
     system = System.from_ase(atoms, where=f"structure {args.structure!r} "
                                           f"({atoms.get_chemical_formula()})")
+    from jaxpot import md  # imported after the input is validated: jax_md is slow to import
+
     traj_every = None
     if args.traj is not None:
         traj_every = args.traj_every or args.log_every
@@ -302,8 +303,6 @@ def _one_line(err: BaseException) -> str:
         msg = f"{err.strerror}: {os.fspath(err.filename)!r}"
     else:
         msg = str(err) or type(err).__name__
-    if isinstance(err, KeyError):
-        msg = f"missing key {msg}"
     return " ".join(msg.split())
 
 
