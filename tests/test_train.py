@@ -37,6 +37,14 @@ def datasets():
     return tr, va
 
 
+@pytest.fixture(scope="module")
+def toy(datasets):
+    """One toy potential object shared by the fit tests, so their compiled steps are reused."""
+    st = data.statistics(datasets[0])
+    pot, params = _toy(st)
+    return pot, params, st
+
+
 def _toy(stats, *, trainable=False):
     pot = potentials.morse(D=0.3, alpha=1.4, r0=2.7, cutoff=CUTOFF)
     return train.attach_element_refs(pot, pot.init(None, None), stats, trainable=trainable)
@@ -126,10 +134,9 @@ def test_train_steps_reduce_loss_and_compile_once_per_shape(datasets):
     assert float(state.ema_params["model"]["D"]) != float(params["model"]["D"])
 
 
-def test_fit_resume_after_kill_equals_uninterrupted(datasets, tmp_path):
+def test_fit_resume_after_kill_equals_uninterrupted(datasets, toy, tmp_path):
     tr, va = datasets
-    st = data.statistics(tr)
-    pot, params = _toy(st)
+    pot, params, st = toy
     cfg = _config(epochs=4, ema_decay=0.9)
     ref = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=tmp_path / "a.ckpt")
 
@@ -177,13 +184,15 @@ def test_time_budget_bounds_the_run(datasets):
     assert all(np.isfinite(np.asarray(x)) for x in jax.tree.leaves(res.params))
 
 
-def test_early_stopping(datasets):
+def test_early_stopping(datasets, toy):
     tr, va = datasets
-    st = data.statistics(tr)
-    pot, params = _toy(st)
-    res = train.fit(pot, params, tr, va, _config(epochs=50, lr=0.0, patience=2), stats=st)
+    pot, params, st = toy
+    # min_delta=1: no later epoch can improve by 100 %, so patience runs out.
+    cfg = _config(epochs=4, ema_decay=0.9, patience=2, min_delta=1.0)
+    res = train.fit(pot, params, tr, va, cfg, stats=st)
     assert res.stop_reason == "early_stopping"
     assert len(res.history) == 3  # the first epoch sets the best; two more without progress
+    assert res.best["epoch"] == 1
 
 
 def test_attach_refs_to_model_shift_params(datasets):
@@ -206,6 +215,13 @@ def test_attach_refs_to_model_shift_params(datasets):
     assert pot2 is pot
     assert float(p2["atomic_shift"][1]) == pytest.approx(st.element_refs[29])
     assert float(p2["atomic_scale"][0]) == pytest.approx(st.force_rms)
+    # Frozen shift: only the other parameters train (16-atom cells only: one shape to compile).
+    tr, va = (d[[i for i, s in enumerate(d.structures) if s.n_atoms == 16]] for d in datasets)
+    res = train.fit(pot2, p2, tr, va, _config(epochs=1, lr=0.05), stats=st,
+                    frozen=[("atomic_shift",)])
+    np.testing.assert_array_equal(np.asarray(res.state.params["atomic_shift"]),
+                                  np.asarray(p2["atomic_shift"]))
+    assert float(res.state.params["pair"]["D"]) != float(p2["pair"]["D"])
 
 
 def test_cli_train_then_eval(tmp_path, capsys):

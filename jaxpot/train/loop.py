@@ -174,6 +174,8 @@ def fit(
     reserve_s: float = 0.0,
     callback: Callable[[dict], None] | None = None,
     meta_extra: dict | None = None,
+    verbose: bool | None = None,
+    frozen: list | None = None,
 ) -> FitResult:
     """Train ``potential`` from ``params`` with Optax, EMA, early stopping and checkpoints.
 
@@ -205,6 +207,8 @@ def fit(
       callback: called with ``{"event": "step" | "epoch", "epoch", "batch", "state", ...}``;
         exceptions it raises propagate (tests use this to simulate a kill).
       meta_extra: JSON-serialisable data stored in the checkpoint's meta.
+      verbose: print one line per epoch to stderr (default: when the progress bar shows).
+      frozen: parameter paths (tuples of dict keys, e.g. ``("atomic_shift",)``) kept fixed.
 
     Returns:
       A :class:`FitResult`.
@@ -227,9 +231,17 @@ def fit(
         warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)), decay=config.decay,
         final_lr_fraction=config.final_lr_fraction, clip_norm=config.clip_norm,
         name=config.optimizer, weight_decay=config.weight_decay)
+    if frozen:
+        import optax
+
+        frozen_set = {tuple(p) for p in frozen}
+        mask = jax.tree_util.tree_map_with_path(
+            lambda path, _: tuple(getattr(k, "key", k) for k in path) in frozen_set, params)
+        optimizer = optax.chain(optimizer, optax.masked(optax.set_to_zero(), mask))
     opt_key = (config.lr, config.epochs * steps_per_epoch,
                int(round(config.warmup_epochs * steps_per_epoch)), config.decay,
-               config.final_lr_fraction, config.clip_norm, config.optimizer, config.weight_decay)
+               config.final_lr_fraction, config.clip_norm, config.optimizer, config.weight_decay,
+               tuple(sorted(tuple(p) for p in frozen or ())))
     train_step, eval_step = _compiled_steps(
         potential, optimizer, opt_key, weights, config.ema_decay,
         weights.stress > 0 or valid_data.has_stress)
@@ -367,7 +379,7 @@ def fit(
         if csv_path is not None:
             _write_csv(csv_path, history)
         checkpoint(state, best_params)
-        if show:
+        if show if verbose is None else verbose:
             _print_epoch(row, config.epochs)
         if callback is not None:
             callback({"event": "epoch", "epoch": epoch - 1, "batch": steps_per_epoch,
@@ -433,6 +445,10 @@ def _write_csv(path, history):
     for row in history:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
     atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _log(msg: str) -> None:
+    print(f"jaxpot train: {msg}", file=sys.stderr, flush=True)
 
 
 def _print_epoch(row: dict, epochs: int) -> None:
@@ -550,8 +566,8 @@ def attach_element_refs(potential: Potential, params, stats: jdata.Statistics, *
     rows are atomic numbers when the array has 119 entries) it is set to the references, and
     the matching ``atomic_scale`` array to the force RMS. Otherwise the potential is wrapped with
     :func:`~jaxpot.train.with_element_refs`, which adds ``Σ_i e_{Z_i}`` (constants, or
-    trainable with ``trainable=True``). A model's own shift/scale parameters are always
-    trained (they are only initialised here).
+    trainable with ``trainable=True``). :func:`train` keeps a model's own ``atomic_shift``
+    fixed unless ``trainable_refs`` (``fit(..., frozen=[path])``); ``atomic_scale`` trains.
 
     Returns:
       ``(potential, params)``.
@@ -634,6 +650,10 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
     else:
         train_set, valid_set = jdata.split(train_set, config.valid_fraction, seed=config.seed)
     stats = jdata.statistics(train_set)
+    _log(f"data: {len(train_set)} train / {len(valid_set)} valid structures, "
+         f"{stats.avg_num_neighbors:.1f} neighbours per atom within {config.cutoff} Å, "
+         f"E std {1e3 * stats.energy_std_per_atom:.2f} meV/atom after element refs, "
+         f"F rms {1e3 * stats.force_rms:.0f} meV/Å ({time.monotonic() - t_start:.1f} s)")
 
     if resume and os.path.exists(ckpt):
         saved_cfg = _read_meta_potential(ckpt)
@@ -649,15 +669,22 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
     if potential.cutoff > config.cutoff + 1e-9:
         raise ValueError(f"model cutoff {potential.cutoff} Å exceeds the data cutoff "
                          f"{config.cutoff} Å")
-    from jaxpot.serialization import atomic_write
+    from jaxpot.train.checkpoint import atomic_write_bytes
 
-    with atomic_write(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    atomic_write_bytes(os.path.join(out, "config.json"),
+                       json.dumps(config.to_dict(), indent=2).encode())
 
-    result = fit(potential, params, train_set, valid_set, config, stats=stats,
+    # Time kept for saving the model and plotting after the loop.
+    reserve_s = 0.0 if deadline is None else max(3.0, 0.02 * (deadline - t_start))
+    frozen = None
+    shift_path = _find_leaf(params, _SHIFT_NAMES)
+    if potential.config.get("name") != "with_element_refs" and shift_path is not None:
+        if not config.trainable_refs:
+            frozen = [shift_path]
+    result = fit(potential, params, train_set, valid_set, config, stats=stats, frozen=frozen,
                  checkpoint_path=ckpt, resume=resume, csv_path=os.path.join(out, "metrics.csv"),
-                 deadline=deadline, reserve_s=3.0, callback=callback,
-                 meta_extra={"statistics": stats.to_dict()})
+                 deadline=deadline, reserve_s=reserve_s, callback=callback,
+                 meta_extra={"statistics": stats.to_dict()}, verbose=True)
 
     from jaxpot.serialization import save_model
 
@@ -666,7 +693,9 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
     save_model(model_path, potential, result.params,
                metadata={"statistics": stats.to_dict(), "valid_metrics": best,
                          "train_config": config.to_dict(), "stop_reason": result.stop_reason})
-    if config.plots:
+    if config.plots and deadline is not None and time.monotonic() + 1.0 > deadline:
+        _log("time budget spent: plots skipped")
+    elif config.plots:
         from jaxpot.train.plots import save_plots
 
         preds = None
@@ -677,6 +706,9 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
             _, preds = evaluate(potential, result.params, vloader, return_predictions=True,
                                 eval_step=result.eval_step)
         save_plots(os.path.join(out, "plots"), result.history, preds)
+    _log(f"stopped ({result.stop_reason}) after {len(result.history)} epoch(s), "
+         f"{int(result.state.step)} steps; best epoch {best.get('epoch')}; model {model_path}; "
+         f"{time.monotonic() - t_start:.1f} s")
     return {"model": model_path, "best": best, "stop_reason": result.stop_reason,
             "epochs": len(result.history), "history": result.history,
             "n_traces": result.n_traces}
