@@ -171,16 +171,27 @@ def _assert_nontrivial_forces(forces, mask, atol: float, what: str) -> float:
     return fmax
 
 
-@functools.lru_cache(maxsize=128)
-def _jitted(energy_fn: EnergyFn):
-    """Jitted ``energy``, ``(E, F, σ)`` and ``(E, ∂E/∂x)`` of one energy function (cached)."""
-
+def _make_jitted(energy_fn: EnergyFn):
     def raw(params, system):
         return jax.value_and_grad(lambda x: energy_fn(params, system.replace(positions=x)))(
             system.positions
         )
 
     return (jax.jit(energy_fn), jax.jit(energy_forces_stress(energy_fn)), jax.jit(raw))
+
+
+_cached_jitted = functools.lru_cache(maxsize=128)(_make_jitted)
+
+
+def _jitted(energy_fn: EnergyFn):
+    """Jitted ``energy``, ``(E, F, σ)`` and ``(E, ∂E/∂x)`` of one energy function.
+
+    Cached per function so that repeated checks on the same shapes compile once.
+    """
+    try:
+        return _cached_jitted(energy_fn)
+    except TypeError:  # an unhashable callable
+        return _make_jitted(energy_fn)
 
 
 def _efs(energy_fn: EnergyFn, params, system: System):
@@ -193,11 +204,12 @@ def _raw_gradient(energy_fn: EnergyFn, params, system: System):
     return _jitted(energy_fn)[2](params, system)
 
 
-def _rebuilt(system: System, cutoff: float | None, edges_from: System | None = None) -> System:
-    """``system`` with edges rebuilt for ``cutoff`` (host), or its own edges when cutoff is None."""
-    if cutoff is None:
-        return system if edges_from is None else edges_from
-    return system.with_edges(float(cutoff))
+def _rebuilt(system: System, cutoff: float | None) -> System:
+    """``system`` with edges rebuilt for ``cutoff`` (host); its own edges when cutoff is None.
+
+    Keeping the edges is exact for rigid motions: edge vectors move with positions and cell.
+    """
+    return system if cutoff is None else system.with_edges(float(cutoff))
 
 
 def _has_volume(system: System) -> bool:
@@ -262,7 +274,7 @@ def assert_rotation_reflection_invariance(
     rot = random_rotation(seed, reflect=reflect)
     r = jnp.asarray(rot, system.positions.dtype)
     moved = system.replace(positions=system.positions @ r.T, cell=system.cell @ r.T)
-    moved = _rebuilt(moved, cutoff, moved)
+    moved = _rebuilt(moved, cutoff)
     if check_stress is None:
         check_stress = _has_volume(system)
 
@@ -319,8 +331,7 @@ def assert_translation_invariance(
     t = distance * t / np.linalg.norm(t)
     maskj = jnp.asarray(mask)[:, None]
     shift = jnp.where(maskj, jnp.asarray(t, system.positions.dtype)[None, :], 0.0)
-    moved = _rebuilt(system.replace(positions=system.positions + shift), cutoff,
-                     system.replace(positions=system.positions + shift))
+    moved = _rebuilt(system.replace(positions=system.positions + shift), cutoff)
 
     e0, f0, _ = _efs(energy_fn, params, system)
     fmax = _assert_nontrivial_forces(f0, mask, atol, "translation check")
@@ -367,6 +378,7 @@ def assert_permutation_invariance(
     system: System,
     *,
     seed: int = 0,
+    within_species: bool = False,
     cutoff: float | None = None,
     rtol: float | None = None,
     atol: float | None = None,
@@ -382,6 +394,8 @@ def assert_permutation_invariance(
       params: its parameters.
       system: one unbatched structure with edges and at least two real atoms.
       seed: seed of the permutation.
+      within_species: only exchange atoms of the same species (the species array is then
+        unchanged; use it for models that keep per-slot state other than the species).
       cutoff: Å for rebuilding edges (default: the potential's; see the module docstring).
       rtol, atol: tolerances (default :func:`default_tolerances`).
 
@@ -395,9 +409,15 @@ def assert_permutation_invariance(
     if n < 2:
         raise ValueError("permutation check needs at least two real atoms")
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
+    species = np.asarray(system.species)[:n]
+    groups = [np.nonzero(species == z)[0] for z in np.unique(species)] if within_species \
+        else [np.arange(n)]
+    if max(g.size for g in groups) < 2:
+        raise ValueError("permutation check: no two atoms of the same species to exchange")
+    perm = np.arange(n)
     while np.all(perm == np.arange(n)):
-        perm = rng.permutation(n)
+        for g in groups:
+            perm[g] = rng.permutation(g)
     full = np.concatenate([perm, np.arange(n, system.n_atoms)])
     inverse = np.argsort(full)
     moved = system.replace(

@@ -8,6 +8,7 @@ an energy broken in the way it is meant to detect, so none of them can pass vacu
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,7 @@ def test_symmetries(pot_name, structure):
     testing.assert_rotation_reflection_invariance(pot, params, system, seed=1)
     testing.assert_translation_invariance(pot, params, system, seed=2)
     testing.assert_permutation_invariance(pot, params, system, seed=3)
+    testing.assert_permutation_invariance(pot, params, system, seed=3, within_species=True)
 
 
 @pytest.mark.parametrize("structure", list(STRUCTURES))
@@ -148,9 +150,9 @@ def test_nve_cluster_smooth_and_run_fn():
     runner = testing._velocity_verlet(_smooth_pair, None, None, system, None, 1.0,
                                       _momenta(system, 30.0))
 
-    def run_fn(dt_fs, steps):
+    def run_fn(dt_fs, steps):  # returns an object with a .log dict, like md.MDResult
         tot, pot = runner(dt_fs * units.fs, steps, 1)
-        return {"total_energy_ev": tot, "potential_energy_ev": pot}
+        return SimpleNamespace(log={"total_energy_ev": tot, "potential_energy_ev": pot})
 
     testing.assert_nve_conservation(_smooth_pair, None, system, run_fn=run_fn, dt_fs=4.0,
                                     steps=300, max_drift_per_atom=1e-5)
