@@ -1,0 +1,96 @@
+"""Wrap a per-atom Flax network as a :class:`~jaxpot.Potential` (Σ of atomic energies).
+
+The network maps one unbatched structure's edge vectors and species indices to a normalised
+per-atom output ``ε_i``; the atomic energy is
+
+    E_i = atomic_scale[z_i] · ε_i + atomic_shift[z_i]     (eV)
+
+with per-species ``atomic_scale`` and ``atomic_shift`` held in the params, so training can set
+them from data (e.g. shift = per-element reference energies from a linear fit, scale = the RMS
+of force components). Param layout::
+
+    params = {
+        "net": {...},                    # Flax params of the network
+        "atomic_scale": [n_species],     # eV, order of config.species
+        "atomic_shift": [n_species],     # eV
+    }
+
+Padding atoms get ``E_i = 0``; a real atom of an element the model does not know raises
+``ValueError`` when evaluated eagerly and gives ``NaN`` under ``jit`` (see
+:mod:`jaxpot.nn.embedding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpot.nn.embedding import check_species, species_index
+from jaxpot.system import System
+
+__all__ = ["AtomicModel", "atomic_model"]
+
+
+class AtomicModel:
+    """``init``, ``atomic_energies`` and ``energy`` of a network with per-species scale/shift.
+
+    Args:
+      net: Flax module called as ``net(vectors, edge_mask, species, senders, receivers)`` →
+        ``[n_atoms]`` normalised atomic outputs.
+      table: ``[119]`` atomic number → species index table (``-1`` for unknown).
+      scale, shift: initial per-species scale and shift (eV).
+    """
+
+    def __init__(self, net: nn.Module, table: np.ndarray, scale: float, shift: float):
+        self.net = net
+        self.table = np.asarray(table)
+        self.num_species = int((self.table >= 0).sum())
+        self.scale = float(scale)
+        self.shift = float(shift)
+
+    def _apply(self, net_params, system: System, idx):
+        return self.net.apply(
+            {"params": net_params}, system.edge_vectors(), system.edge_mask, idx,
+            system.senders, system.receivers,
+        )
+
+    def init(self, key: jax.Array, system: System):
+        """Params for ``system``'s dtype (see the module docstring for the layout)."""
+        if np.ndim(system.positions) != 2:
+            raise ValueError("init expects one unbatched System (take batch[0] for a batch)")
+        if not isinstance(system.species, jax.core.Tracer):
+            check_species(self.table, system)
+        dtype = system.positions.dtype
+        idx, _ = species_index(self.table, system.species, system.atom_mask)
+        variables = jax.jit(self.net.init)(key, system.edge_vectors(), system.edge_mask, idx,
+                                           system.senders, system.receivers)
+        net_params = jax.tree.map(lambda p: jnp.asarray(p, dtype), variables["params"])
+        return {
+            "net": net_params,
+            "atomic_scale": jnp.full((self.num_species,), self.scale, dtype),
+            "atomic_shift": jnp.full((self.num_species,), self.shift, dtype),
+        }
+
+    def atomic_energies(self, params, system: System) -> jax.Array:
+        """``[n_atoms]`` atomic energies in eV; 0 on padding, NaN on unknown species (jit)."""
+        idx, unknown = species_index(self.table, system.species, system.atom_mask)
+        out = self._apply(params["net"], system, idx)
+        e = out * params["atomic_scale"][idx] + params["atomic_shift"][idx]
+        e = jnp.where(system.atom_mask, e, 0.0)
+        return jnp.where(unknown, jnp.nan, e)
+
+    def energy(self, params, system: System) -> jax.Array:
+        """Total energy in eV (scalar)."""
+        return jnp.sum(self.atomic_energies(params, system))
+
+
+def atomic_model(net: nn.Module, table: np.ndarray, scale: float, shift: float) -> AtomicModel:
+    """Build an :class:`AtomicModel` (see the module docstring)."""
+    return AtomicModel(net, table, scale, shift)
+
+
+AtomicEnergiesFn = Callable[[object, System], jax.Array]
