@@ -17,7 +17,8 @@ neighbour and images of itself.
   so that no energy is ever computed on a truncated list.
 
 The jitted list is stored per atom (``max_neighbors`` slots for each receiver), flattened so
-``receivers`` are sorted; empty slots have ``senders == n_atoms`` (the sentinel).
+the real ``receivers`` are non-decreasing; empty slots have ``senders == receivers == n_atoms``
+(the sentinel).
 """
 
 from __future__ import annotations
@@ -213,10 +214,13 @@ class Neighbors:
 
     Attributes:
       senders: ``[n_atoms * max_neighbors]`` int32; empty slots hold ``n_atoms``.
-      receivers: ``[n_atoms * max_neighbors]`` int32, sorted.
+      receivers: ``[n_atoms * max_neighbors]`` int32; slot block ``i`` belongs to atom ``i``
+        (non-decreasing over real edges); empty slots hold ``n_atoms``.
       shifts: ``[n_atoms * max_neighbors, 3]`` integer image shifts (float dtype).
       reference_positions: ``[n_atoms, 3]`` positions at the last rebuild, Å.
-      overflow: scalar bool; True if the last rebuild did not fit (the list is then invalid).
+      overflow: scalar bool; True if any rebuild since :func:`allocate` did not fit (sticky;
+        the list is then invalid): a capacity was exceeded, an atom left the box of a cell
+        list along a non-periodic direction, or the cell deformed beyond what ``spec`` covers.
       max_count: scalar int32, the largest number of neighbours any atom had at the last rebuild.
       spec: static :class:`NeighborSpec`.
     """
@@ -257,8 +261,14 @@ def _candidates_brute(spec: NeighborSpec, positions, cell, atom_mask):
     n = positions.shape[0]
     pbc = jnp.asarray(spec.pbc)
     basis = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
-    wrapped, image, _ = _wrap_jax(positions, jnp.linalg.inv(basis), basis, pbc)
+    basis_inv = jnp.linalg.inv(basis)
+    wrapped, image, _ = _wrap_jax(positions, basis_inv, basis, pbc)
     shifts = jnp.asarray(np.asarray(spec.shifts), positions.dtype)  # [n_s, 3]
+    # The static shift set reaches |S_d| <= n_d, enough while (cutoff+skin)/width_d <= n_d. A
+    # cell deformed since allocate (NPT, strain) may need more images: flag it, never miss pairs.
+    n_max = np.abs(np.asarray(spec.shifts)).max(axis=0) if spec.shifts else np.zeros(3)
+    reach = (spec.cutoff + spec.skin) * jnp.linalg.norm(basis_inv, axis=0)
+    cell_overflow = jnp.any(pbc & (reach > n_max * (1.0 + _CELL_TOL)))
     n_s = shifts.shape[0]
     offsets = shifts @ cell  # [n_s, 3]
     d = wrapped[None, None, :, :] - wrapped[:, None, None, :] + offsets[None, :, None, :]
@@ -272,8 +282,11 @@ def _candidates_brute(spec: NeighborSpec, positions, cell, atom_mask):
     s_w = s_w.reshape(n, n_s * n, 3)
     valid = valid.reshape(n, n_s * n)
     shift = s_w + image[:, None, :] - image[cand]
-    return d, cand, shift, valid, jnp.zeros((), bool)
+    return d, cand, shift, valid, cell_overflow
 
+
+_CELL_TOL = 1e-5  # relative slack in the deformed-cell checks, so float32 round-off at an
+# exact fit (e.g. a cell exactly three cutoffs wide) does not raise overflow forever
 
 _STENCIL = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int32)
 
@@ -284,7 +297,12 @@ def _candidates_cell(spec: NeighborSpec, positions, cell, atom_mask):
     grid = jnp.asarray(spec.grid, jnp.int32)
     box = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
     origin = jnp.asarray(np.asarray(spec.origin), positions.dtype)
-    frac = (positions - origin) @ jnp.linalg.inv(box)
+    box_inv = jnp.linalg.inv(box)
+    frac = (positions - origin) @ box_inv
+    # Bins must stay at least cutoff+skin wide for the 27-bin stencil; a cell deformed since
+    # allocate (NPT, strain) can make them narrower: flag it, never miss pairs.
+    reach = (spec.cutoff + spec.skin) * jnp.linalg.norm(box_inv, axis=0) * grid
+    cell_overflow = jnp.any(pbc & (reach > 1.0 + _CELL_TOL))
     image = jnp.where(pbc, jnp.floor(frac), 0.0)
     fw = frac - image
     outside = jnp.any(~pbc & ((fw < 0) | (fw >= 1)), axis=1) & atom_mask
@@ -317,8 +335,10 @@ def _candidates_cell(spec: NeighborSpec, positions, cell, atom_mask):
     shift = s_w + image[:, None, :] - image[cand_c]
     d = positions[cand_c] - positions[:, None, :] + shift @ cell
     is_self = (cand == jnp.arange(n)[:, None]) & jnp.all(shift == 0, axis=-1)
-    valid = (cand < n) & atom_mask[:, None] & ~is_self
-    return d, cand, shift, valid, bin_overflow | jnp.any(outside)
+    # Stencil cells outside a non-periodic box map to the dump bin, which holds the padding
+    # atoms: mask candidates by atom_mask too, or padding atoms near a real one become edges.
+    valid = (cand < n) & atom_mask[:, None] & atom_mask[cand_c] & ~is_self
+    return d, cand, shift, valid, bin_overflow | jnp.any(outside) | cell_overflow
 
 
 def rebuild(neighbors: Neighbors, system) -> Neighbors:
@@ -333,9 +353,13 @@ def rebuild(neighbors: Neighbors, system) -> Neighbors:
     senders, shifts, count = _compact(mask, cand, shift, spec.max_neighbors, n)
     max_count = jnp.max(count) if n else jnp.zeros((), jnp.int32)
     m = spec.max_neighbors
+    senders = senders.reshape(n * m)
+    # Empty slots point at the sentinel on both ends (DESIGN.md), so that
+    # ``segment_sum(msgs, receivers, n_atoms)`` drops them.
+    receivers = jnp.where(senders < n, jnp.repeat(jnp.arange(n, dtype=jnp.int32), m), n)
     return neighbors.replace(
-        senders=senders.reshape(n * m),
-        receivers=jnp.repeat(jnp.arange(n, dtype=jnp.int32), m),
+        senders=senders,
+        receivers=receivers,
         shifts=shifts.reshape(n * m, 3),
         reference_positions=positions,
         overflow=neighbors.overflow | geom_overflow | (max_count > m),
@@ -455,7 +479,7 @@ def allocate(
     m = spec.max_neighbors
     empty = Neighbors(
         senders=jnp.full((n * m,), n, jnp.int32),
-        receivers=jnp.repeat(jnp.arange(n, dtype=jnp.int32), m),
+        receivers=jnp.full((n * m,), n, jnp.int32),
         shifts=jnp.zeros((n * m, 3), dtype),
         reference_positions=jnp.asarray(system.positions),
         overflow=jnp.zeros((), bool),
