@@ -231,6 +231,24 @@ def test_jitted_list_equals_ase(case_id, method):
     assert np.all(np.asarray(fresh.shifts)[empty] == 0.0)
 
 
+@pytest.mark.parametrize("case_id,method", [("triclinic-0", "brute"), ("slab-TTF", "cell")])
+def test_jitted_list_in_float32(case_id, method):
+    """MD runs in float32: the list is still ASE's, up to pairs within round-off of the cutoff."""
+    _, build, cutoff, _ = _case(case_id)
+    atoms = build()
+    system = System.from_ase(atoms, dtype=jnp.float32)
+    assert system.positions.dtype == jnp.float32
+    nbrs = neighbors.allocate(system, cutoff, method=method)
+    assert nbrs.shifts.dtype == jnp.float32 and not bool(nbrs.overflow)
+    i, j, shifts, dist = ase_neighbor_list("ijSd", atoms, cutoff + 1e-3)
+    sure = dist < cutoff - 1e-3
+    inside = set(_as_set(i[sure], j[sure], shifts[sure]))
+    maybe = set(_as_set(i, j, shifts))
+    got = set(jit_edges(nbrs, system))
+    assert len(inside) > 0
+    assert inside <= got <= maybe
+
+
 def test_small_cells_see_their_own_images():
     """One-atom cells: the atom's only neighbours are its own images, many per shell."""
     for case_id in ["fcc-1atom", "bcc-1atom"]:
