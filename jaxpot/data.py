@@ -280,19 +280,20 @@ def from_atoms(
             if not np.all(np.isfinite(stress)):
                 raise ValueError(f"{where}: stress is not finite")
         system = System.from_ase(atoms, cutoff=cutoff, where=where)
-        out.append(_structure(system, energy, forces, stress, where))
+        out.append(_structure(atoms, system, energy, forces, stress, where))
     return Dataset(out, cutoff)
 
 
-def _structure(system: System, energy, forces, stress, where) -> Structure:
-    n = int(np.sum(np.asarray(system.atom_mask)))
+def _structure(atoms, system: System, energy, forces, stress, where) -> Structure:
+    # Geometry from the Atoms in float64 (the System may be float32); integer edge data
+    # (indices, image shifts) from the System.
     e_mask = np.asarray(system.edge_mask)
     return Structure(
-        positions=np.asarray(system.positions, np.float64)[:n],
-        numbers=np.asarray(system.species, np.int32)[:n],
-        masses=np.asarray(system.masses, np.float64)[:n],
-        cell=np.asarray(system.cell, np.float64),
-        pbc=np.asarray(system.pbc, bool),
+        positions=np.asarray(atoms.get_positions(), np.float64),
+        numbers=np.asarray(atoms.get_atomic_numbers(), np.int32),
+        masses=np.asarray(atoms.get_masses(), np.float64),
+        cell=np.asarray(atoms.get_cell(), np.float64),
+        pbc=np.asarray(atoms.get_pbc(), bool),
         senders=np.asarray(system.senders, np.int32)[e_mask],
         receivers=np.asarray(system.receivers, np.int32)[e_mask],
         shifts=np.asarray(system.shifts, np.float64)[e_mask],

@@ -136,6 +136,7 @@ class FitResult:
       n_traces: compilations of the train step in this call.
       eval_step: the compiled evaluation step (reuse it with :func:`evaluate`).
       shapes: the padded batch shapes used (reuse them to avoid compiling again).
+      eval_time_s: last measured (or, if none, estimated) validation time, s.
     """
 
     params: Any
@@ -146,6 +147,7 @@ class FitResult:
     n_traces: int
     eval_step: Any = None
     shapes: list | None = None
+    eval_time_s: float = 0.0
 
 
 def _progress_enabled(flag: bool | None) -> bool:
@@ -216,6 +218,9 @@ def fit(
     t_start = time.monotonic()
     if deadline is None and config.time_budget_min is not None:
         deadline = t_start + 60.0 * float(config.time_budget_min)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) "
+                         "before any array is created")
     dtype = jax.numpy.dtype(config.dtype) if config.dtype else None
     if weights is None:
         stats = stats or jdata.statistics(train_data)
@@ -396,7 +401,7 @@ def fit(
     final = best_params if best_params is not None else state.ema_params
     return FitResult(params=final, state=state, history=history, best=best,
                      stop_reason=stop_reason, n_traces=train_step.n_traces - traces_before,
-                     eval_step=eval_step, shapes=shapes)
+                     eval_step=eval_step, shapes=shapes, eval_time_s=eval_estimate())
 
 
 _STEP_CACHE: dict = {}
@@ -644,6 +649,7 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
     ckpt = os.path.join(out, "checkpoint")
     if not resume and os.path.exists(ckpt):
         os.unlink(ckpt)
+    _log(f"reading {config.train}" + (f" and {config.valid}" if config.valid else ""))
     train_set = _read(config.train, config)
     if config.valid:
         valid_set = _read(config.valid, config)
@@ -699,7 +705,7 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
         from jaxpot.train.plots import save_plots
 
         preds = None
-        if deadline is None or time.monotonic() + 1.0 < deadline:
+        if deadline is None or time.monotonic() + result.eval_time_s + 1.0 < deadline:
             vloader = jdata.BatchLoader(valid_set, config.eval_batch_size or config.batch_size,
                                         shapes=result.shapes, shuffle=False,
                                         dtype=jax.numpy.dtype(config.dtype))
