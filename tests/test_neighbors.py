@@ -6,6 +6,7 @@ the same set of (receiver i, sender j, image shift S) for ``|x_j - x_i + S·cell
 
 import dataclasses
 import functools
+import itertools
 
 import ase
 import jax
@@ -424,6 +425,41 @@ def test_verlet_skin(method):
         # An atom leaving the cell list's box (non-periodic) sets overflow through update.
         pos[0] += [0.0, 0.0, 40.0]
         assert bool(_update(rebuilt, system.replace(positions=jnp.asarray(pos))).overflow)
+
+
+def test_update_in_a_scanned_random_walk_never_misses_pairs():
+    """MD-like use: ``update`` inside ``lax.scan``; at every step the list has every pair."""
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.2, seed=12)
+    system = System.from_ase(atoms)
+    cutoff, skin, n_steps = 5.0, 1.0, 60
+    nbrs = neighbors.allocate(system, cutoff, skin=skin, method="brute", capacity_multiplier=2.0)
+    cell, n = system.cell, system.n_atoms
+    shifts = jnp.asarray(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)))  # enough: L > 2 rc
+    is_self = jnp.eye(n, dtype=bool)[:, None, :] & jnp.all(shifts == 0, axis=1)[None, :, None]
+
+    def reference_count(x):
+        w = x - jnp.floor(x @ jnp.linalg.inv(cell)) @ cell
+        d = w[None, None, :, :] - w[:, None, None, :] + (shifts @ cell)[None, :, None, :]
+        return jnp.sum((jnp.sum(d * d, axis=-1) < cutoff**2) & ~is_self)
+
+    def step(carry, key):
+        x, nb = carry
+        x = x + 0.08 * jax.random.normal(key, x.shape, x.dtype)
+        moved = system.replace(positions=x)
+        nb = neighbors.update(nb, moved)
+        vec = nb.attach(moved).edge_vectors()
+        listed = jnp.sum((nb.senders < n) & (jnp.sum(vec * vec, axis=-1) < cutoff**2))
+        rebuilt = jnp.all(nb.reference_positions == x)
+        return (x, nb), (listed, reference_count(x), rebuilt, nb.overflow)
+
+    keys = jax.random.split(jax.random.key(3), n_steps)
+    run = jax.jit(lambda carry: jax.lax.scan(step, carry, keys))
+    _, (listed, reference, rebuilt, overflow) = run((system.positions, nbrs))
+    assert not np.asarray(overflow).any()
+    assert np.asarray(reference).min() > 0
+    np.testing.assert_array_equal(listed, reference)
+    assert 0 < int(np.sum(rebuilt)) < n_steps // 2  # rebuilt now and then, reused mostly
 
 
 def test_padding_atoms_do_not_trigger_rebuilds():
