@@ -375,7 +375,11 @@ def needs_rebuild(neighbors: Neighbors, positions: jax.Array, atom_mask: jax.Arr
 
 
 def update(neighbors: Neighbors, system) -> Neighbors:
-    """Rebuild if needed (jittable); with ``skin == 0`` it rebuilds every call."""
+    """Rebuild if needed (jittable); with ``skin == 0`` it rebuilds every call.
+
+    The skin test looks at positions only. After changing ``system.cell`` (strain, a barostat)
+    call :func:`rebuild`, which also sets ``overflow`` if the spec no longer covers the cell.
+    """
     if neighbors.spec.skin <= 0:
         return rebuild(neighbors, system)
     return jax.lax.cond(
