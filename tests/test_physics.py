@@ -144,6 +144,22 @@ def test_nve_periodic(pot_name):
                                     temperature_kelvin=20.0, max_drift_per_atom=1e-5)
 
 
+def test_nve_falls_back_to_a_jitted_neighbour_list(monkeypatch):
+    """With a tiny skin atoms outgrow the fixed edges; the check redoes the run with a list."""
+    allocations = []
+    allocate = testing._nb.allocate
+
+    def spy(*args, **kwargs):
+        allocations.append(kwargs)
+        return allocate(*args, **kwargs)
+
+    monkeypatch.setattr(testing._nb, "allocate", spy)
+    system, params = _system("fcc"), _params(LJ)
+    testing.assert_nve_conservation(LJ, params, system, dt_fs=4.0, steps=200,
+                                    temperature_kelvin=60.0, skin=0.04)
+    assert len(allocations) == 2  # the run at dt and the one at dt/2
+
+
 def test_nve_cluster_smooth_and_run_fn():
     """Isolated cluster with the smooth pair energy, driven through ``run_fn``."""
     system = _system("cluster", cutoff=CUTOFF + 1.0)
