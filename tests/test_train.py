@@ -151,6 +151,10 @@ def test_fit_resume_after_kill_equals_uninterrupted(datasets, toy, tmp_path):
         return cb
 
     ckpt = tmp_path / "b.ckpt"
+    # A spent time budget: one step, then a clean stop that checkpoints its position.
+    first = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,
+                      deadline=time.monotonic())
+    assert first.stop_reason == "time_budget" and int(first.state.step) == 1
     # Killed mid-epoch 2 (work since the epoch-1 checkpoint is lost), then mid-epoch 3.
     with pytest.raises(Killed):
         train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,
@@ -179,7 +183,8 @@ def test_time_budget_bounds_the_run(datasets):
     res = train.fit(pot, params, tr, va, cfg, stats=st)
     elapsed = time.monotonic() - t0
     assert res.stop_reason == "time_budget"
-    assert elapsed < budget_s + 1.0, elapsed
+    # Slack for one mis-estimated step on a loaded machine (the loop stops on estimates).
+    assert elapsed < budget_s + 2.5, elapsed
     assert int(res.state.step) > 0
     assert all(np.isfinite(np.asarray(x)) for x in jax.tree.leaves(res.params))
 

@@ -189,10 +189,11 @@ def fit(
 
     Time budget: with ``deadline`` (``time.monotonic()`` seconds) or
     ``config.time_budget_min`` (counted from the call), the loop stops before a step would
-    run past the deadline minus the time needed for the last validation, the checkpoint and
-    ``reserve_s`` (estimated from measured step, compile and validation times). At least one
-    step is always taken. On a budget stop mid-epoch the position is checkpointed, and a resumed
-    run continues from that batch.
+    run past the deadline minus the time needed for a final validation, the checkpoint and
+    ``reserve_s`` (estimated from measured step, compile and validation times; before the
+    first validation it trains on as long as the step itself fits, and returns the last EMA
+    parameters if no validation fits). At least one step is always taken. On a budget stop the
+    position is checkpointed (mid-epoch too), and a resumed run continues from that batch.
 
     Args:
       potential: the model (already including element references).
@@ -283,20 +284,30 @@ def fit(
     def eval_estimate() -> float:
         if t_eval is not None:
             return t_eval
-        return len(vloader.used_shapes) * t_compile + len(vloader) * t_step
+        # Not measured yet: an evaluation step (forces and maybe stress) can take longer to
+        # compile than the train step, hence the factor 2.
+        return 2.0 * len(vloader.used_shapes) * t_compile + len(vloader) * t_step
 
     def out_of_time(shape) -> bool:
         if deadline is None:
             return False
         est = t_step if shape in compiled else max(t_compile, t_step)
-        need = est + eval_estimate() + t_ckpt + reserve_s
-        return time.monotonic() + need > deadline
+        now = time.monotonic()
+        if now + est + t_ckpt + reserve_s > deadline:
+            return True
+        if best is None:
+            # Nothing validated yet: more training beats idling; validation may be dropped.
+            return False
+        return now + est + eval_estimate() + t_ckpt + reserve_s > deadline
 
     def validate(st):
+        """Validation metrics of the EMA params, or None if the budget ran out meanwhile."""
         nonlocal t_eval
         t0 = time.monotonic()
-        m = evaluate(potential, st.ema_params, vloader, weights=weights, eval_step=eval_step)
-        t_eval = time.monotonic() - t0
+        m = evaluate(potential, st.ema_params, vloader, weights=weights, eval_step=eval_step,
+                     deadline=None if deadline is None else deadline - t_ckpt - reserve_s)
+        if m is not None:
+            t_eval = time.monotonic() - t0
         return m
 
     def checkpoint(st, bp):
@@ -354,18 +365,29 @@ def fit(
                           "metrics": m})
         if bar is not None:
             bar.close()
+        if (not stopped and deadline is not None
+                and time.monotonic() + eval_estimate() + t_ckpt + reserve_s > deadline):
+            # All batches done but no time to validate: a resumed run validates first.
+            stopped = True
+            meta["batch"] = steps_per_epoch
         if stopped:
             stop_reason = "time_budget"
             meta["accum"] = accum
-            if deadline is None or time.monotonic() + eval_estimate() < deadline:
+            if deadline is None or (time.monotonic() + eval_estimate() + t_ckpt + reserve_s
+                                    < deadline):
                 m = validate(state)
-                if best is None or m["loss"] < best["loss"]:
+                if m is not None and (best is None or m["loss"] < best["loss"]):
                     best, best_params = dict(m, epoch=epoch + 1, partial=True), state.ema_params
             meta["epoch"] = epoch
             checkpoint(state, best_params)
             break
 
         m = validate(state)
+        if m is None:  # the budget ran out during validation: a resumed run validates first
+            stop_reason = "time_budget"
+            meta.update(accum=accum, batch=steps_per_epoch, epoch=epoch)
+            checkpoint(state, best_params)
+            break
         row = {"epoch": epoch + 1, "step": int(state.step), "time_s": time.monotonic() - t_start,
                "lr": float(schedule(int(state.step))),
                "train_loss": accum["loss_sum"] / max(accum["n"], 1.0),
@@ -660,6 +682,9 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
          f"{stats.avg_num_neighbors:.1f} neighbours per atom within {config.cutoff} Å, "
          f"E std {1e3 * stats.energy_std_per_atom:.2f} meV/atom after element refs, "
          f"F rms {1e3 * stats.force_rms:.0f} meV/Å ({time.monotonic() - t_start:.1f} s)")
+    hooks = _factory_hooks(config.model)
+    if "train" in hooks:  # a model fitted in closed form (e.g. gap), not by gradient descent
+        return hooks["train"](config, train_set, valid_set, stats, t_start=t_start)
 
     if resume and os.path.exists(ckpt):
         saved_cfg = _read_meta_potential(ckpt)
@@ -669,6 +694,8 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
         model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff,
                             stats=stats)
         params = model.init(jax.random.key(config.seed), train_set[0].system())
+        if "prepare" in hooks:  # data-dependent setup (e.g. bpnn descriptor standardisation)
+            model, params = hooks["prepare"](model, params, train_set)
         potential, params = attach_element_refs(model, params, stats,
                                                 trainable=config.trainable_refs,
                                                 species_index=species_index(model))
@@ -718,6 +745,16 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
     return {"model": model_path, "best": best, "stop_reason": result.stop_reason,
             "epochs": len(result.history), "history": result.history,
             "n_traces": result.n_traces}
+
+
+def _factory_hooks(name: str) -> dict:
+    """Optional ``prepare`` / ``train`` attributes of a registered model factory."""
+    from jaxpot import potential as _pot
+
+    if name not in _pot._REGISTRY:
+        import jaxpot.models  # noqa: F401
+    factory = _pot._REGISTRY.get(name)
+    return {k: getattr(factory, k) for k in ("prepare", "train") if hasattr(factory, k)}
 
 
 def _read_meta_potential(path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 
 import numpy as np
 
@@ -54,7 +55,8 @@ def metrics_from_sums(sums: dict, weights: LossWeights | None = None) -> dict:
 
 def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
              batch_size: int = 16, weights: LossWeights | None = None, eval_step=None,
-             stress: bool | None = None, return_predictions: bool = False):
+             stress: bool | None = None, return_predictions: bool = False,
+             deadline: float | None = None):
     """Errors of ``potential`` on a dataset.
 
     Args:
@@ -66,6 +68,8 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
       eval_step: a compiled :func:`~jaxpot.train.make_eval_step` to reuse.
       stress: compute stress (default: when the data has stress labels).
       return_predictions: also return per-structure predictions.
+      deadline: ``time.monotonic()`` time; if it passes before a batch starts, the evaluation
+        is abandoned and None is returned.
 
     Returns:
       The metrics dict (:func:`metrics_from_sums`), and with ``return_predictions`` a second
@@ -81,7 +85,9 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
     totals = dict.fromkeys(_KEYS, 0.0)
     preds = {"index": [], "energy_ref": [], "energy_pred": [], "forces_ref": [],
              "forces_pred": []}
-    for (_, idx), batch in zip(loader.plan(0), loader.batches(0), strict=False):
+    for (_, idx), batch in zip(loader.plan(0), loader.batches(0), strict=True):
+        if deadline is not None and time.monotonic() > deadline:
+            return None
         sums, (e, f, _) = eval_step(params, batch)
         for k in _KEYS:
             totals[k] += float(sums[k])
