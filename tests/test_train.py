@@ -269,3 +269,20 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert cli.main(["train", "--train", str(tmp_path / "nope.xyz"), "--model", "morse",
                      "--out", str(tmp_path / "x")]) == 2
     assert "nope.xyz: no such file" in capsys.readouterr().err
+
+
+def test_yaml_config_and_flag_overrides(tmp_path):
+    from jaxpot.train.commands import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: morse\nlr: 1e-3\nepochs: 7\nmodel_kwargs: {D: 0.3}\n")
+    cfg = load_config(str(path), {"epochs": 2, "seed": None})
+    assert cfg.lr == 1e-3 and cfg.epochs == 2 and cfg.seed == 0 and cfg.model == "morse"
+    assert cfg.model_kwargs == {"D": 0.3}
+    path.write_text("learning_rate: 1.0\n")
+    with pytest.raises(ValueError, match="unknown training option"):
+        load_config(str(path), {})
+    for name in ("train_cu_nequip.yaml", "train_ethanol_nequip.yaml"):
+        example = os.path.join(os.path.dirname(__file__), "..", "examples", name)
+        cfg = load_config(example, {})
+        assert cfg.model == "nequip" and cfg.time_budget_min > 0

@@ -116,7 +116,18 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        out = {}
+        for k, v in d.items():
+            base = types[k].replace(" | None", "")
+            if v is None or base not in ("float", "int"):
+                out[k] = v
+                continue
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                out[k] = float(v) if base == "float" else int(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"training option {k!r} must be a number, got {v!r}") from None
+        return cls(**out)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
