@@ -14,7 +14,13 @@ Example:
 Building blocks: ``md.nve / md.langevin / md.nose_hoover`` return ``Integrator(init, step)``
 pairs whose state carries a :class:`jaxpot.neighbors.Neighbors` list updated every step;
 :func:`simulate` fuses steps in jitted ``lax.scan`` blocks and never computes a step on an
-overflowed list; :func:`fire` relaxes positions. NPT is not provided (see the package notes).
+overflowed list; :func:`fire` relaxes positions.
+
+Not provided yet: NPT. JAX MD's ``npt_nose_hoover`` integrates fractional coordinates in a
+``space.periodic_general`` box that changes every step, while jaxpot's jitted cell list fixes its
+bin grid at allocation (bins would become narrower than the cutoff as the box shrinks) and its
+potentials take Cartesian positions and a cell; bridging the two (fractional wrapper, box-aware
+reallocation, barostat pressure from ``energy_forces_stress``) is left for later.
 """
 
 from jaxpot.md.integrators import (

@@ -236,16 +236,18 @@ def _initial_state(potential, params, key, system, neighbors, kT, momenta):
             momenta = maxwell_boltzmann(key, system.masses, kT, system.atom_mask)
     momenta = jnp.where(system.atom_mask[:, None], jnp.asarray(momenta, system.positions.dtype), 0)
 
-    @jax.jit
-    def first(params, system, neighbors):
-        nbrs, e, f, sigma = _evaluator(potential, params)(
-            system, neighbors, system.positions, True
+    # A list from ``allocate`` is fresh at these positions; refresh (eagerly) only if stale, so
+    # that this jitted first evaluation holds no copy of the rebuild code (faster compiles).
+    if bool(nb.needs_rebuild(neighbors, system.positions, system.atom_mask)):
+        neighbors = nb.rebuild(neighbors, system)
+    if bool(neighbors.overflow):
+        raise ValueError(
+            f"neighbour list overflowed (max_neighbors={neighbors.spec.max_neighbors}, "
+            f"needed {int(neighbors.max_count)}); allocate it again for this structure"
         )
-        return nbrs, e, f, sigma
-
-    nbrs, e, f, sigma = first(params, system, neighbors)
+    e, f, sigma = jax.jit(energy_forces_stress(potential))(params, neighbors.attach(system))
     return NVEState(system=system, momenta=momenta, forces=f, energy=e, stress=sigma,
-                    neighbors=nbrs)
+                    neighbors=neighbors)
 
 
 def _kick_drift_kick(evaluate, state, dt, with_stress, drift):
@@ -256,8 +258,10 @@ def _kick_drift_kick(evaluate, state, dt, with_stress, drift):
     x, p, extra = drift(system.positions, p, inv_m)
     nbrs, e, f, sigma = evaluate(system, state.neighbors, x, with_stress)
     p = p + 0.5 * dt * f
+    if sigma is None:
+        sigma = state.stress
     new = state.replace(system=system.replace(positions=x), momenta=p, forces=f, energy=e,
-                        neighbors=nbrs, stress=state.stress if sigma is None else sigma)
+                        neighbors=nbrs, stress=sigma)
     return new, extra
 
 
@@ -383,7 +387,9 @@ def nose_hoover(potential: Potential, params: Params, dt: float, kT: float, tau:
                                bath_kT if kT is None else kT, momenta)
         dof = degrees_of_freedom(state.system.atom_mask)
         ke = kinetic_energy(state.momenta, state.system.masses, state.system.atom_mask)
-        return NoseHooverState(**_fields(state), chain=chain.initialize(dof, ke, bath_kT))
+        c = chain.initialize(dof, ke, bath_kT)
+        c = c.set(tau=jnp.asarray(tau, ke.dtype))
+        return NoseHooverState(**_fields(state), chain=c)
 
     def step_fn(state, *, stress: bool = False):
         system = state.system

@@ -26,13 +26,17 @@ def fire(
     max_steps: int = 1000,
     dt_start: float = 0.1,
     dt_max: float = 0.4,
+    maxstep: float = 0.2,
     skin: float = 0.5,
     check_every: int = 50,
 ) -> tuple[System, dict]:
     """Relax atomic positions (fixed cell) with FIRE until every force is below ``fmax``.
 
     The FIRE update is JAX MD's ``minimize.fire_descent`` (Bitzek et al. 2006) on unwrapped
-    positions (``space.free()``), with unit masses. Its force function refreshes the jaxpot
+    positions, with unit masses. Its shift function is JAX MD's ``space.free()`` shift with the
+    step scaled down so that no atom moves more than ``maxstep`` (as ASE's FIRE does; JAX MD's
+    has no cap, and with stiff forces its first steps would throw atoms into each other).
+    Its force function refreshes the jaxpot
     neighbour list at the positions it is called with; the loop runs jitted ``lax.while_loop``
     segments of up to ``check_every`` steps, and on the host it reallocates the list if it
     overflowed (the overflowing step is discarded and redone with the bigger list).
@@ -43,6 +47,7 @@ def fire(
       fmax: convergence threshold on the largest per-atom force norm, eV/Å.
       max_steps: maximum number of FIRE steps.
       dt_start, dt_max: FIRE time steps, internal units (with unit masses).
+      maxstep: largest displacement of any atom in one step, Å.
       skin: Verlet skin of the neighbour list, Å.
       check_every: FIRE steps per jitted segment between host checks.
 
@@ -56,7 +61,12 @@ def fire(
     """
     ef = energy_and_forces(potential)
     mask = system.atom_mask
-    _, shift = jmd_space.free()
+    _, free_shift = jmd_space.free()
+
+    def shift(x, dx, **kwargs):
+        longest = jnp.sqrt(jnp.max(jnp.sum(dx * dx, axis=-1)))
+        scale = jnp.minimum(1.0, maxstep / jnp.maximum(longest, 1e-30))
+        return free_shift(x, dx * scale, **kwargs)
 
     def forces(params, stripped, nbrs, x):
         moved = stripped.replace(positions=x)
