@@ -286,3 +286,48 @@ def test_yaml_config_and_flag_overrides(tmp_path):
         example = os.path.join(os.path.dirname(__file__), "..", "examples", name)
         cfg = load_config(example, {})
         assert cfg.model == "nequip" and cfg.time_budget_min > 0
+
+
+@pytest.mark.slow
+def test_cli_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    """A real kill -9 of ``jaxpot train`` in a subprocess, then a resume (slow: 3 processes)."""
+    import signal
+    import subprocess
+    import sys
+
+    import ase.io
+
+    from jaxpot import load_model
+
+    images = _emt_images(8, seed=30)
+    ase.io.write(tmp_path / "train.xyz", images[1:], format="extxyz")
+    ase.io.write(tmp_path / "valid.xyz", images[:1], format="extxyz")
+
+    def argv(out):
+        return [sys.executable, "-m", "jaxpot", "train", "--train", str(tmp_path / "train.xyz"),
+                "--valid", str(tmp_path / "valid.xyz"), "--model", "morse", "--model-kwargs",
+                '{"D": 0.3, "alpha": 1.4, "r0": 2.7}', "--cutoff", str(CUTOFF), "--epochs",
+                "40", "--batch-size", "2", "--lr", "0.01", "--dtype", "float64", "--out",
+                str(tmp_path / out)]
+
+    env = {**os.environ, "CI": "1"}
+    subprocess.run(argv("a"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(argv("b"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "checkpoint"
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    subprocess.run(argv("b"), check=True, env=env, capture_output=True)
+    _, pa = load_model(tmp_path / "a" / "model")
+    _, pb = load_model(tmp_path / "b" / "model")
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    def rows(out):
+        lines = (tmp_path / out / "metrics.csv").read_text().strip().splitlines()
+        return [[c for k, c in enumerate(r.split(",")) if k != 2] for r in lines]  # no time_s
+
+    assert rows("a") == rows("b") and len(rows("a")) > 2
