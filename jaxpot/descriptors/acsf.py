@@ -217,7 +217,10 @@ def _safe_norm(sq: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
 
 
-def _safe_pow(base: jax.Array, zeta: jax.Array) -> jax.Array:
+def _pow(base: jax.Array, zeta: float) -> jax.Array:
+    """``base**zeta`` for ``base >= 0`` with finite gradients (integer ζ: repeated products)."""
+    if float(zeta).is_integer():
+        return jax.lax.integer_pow(base, int(zeta))
     ok = base > 0
     return jnp.where(ok, jnp.where(ok, base, 1.0) ** zeta, 0.0)
 
@@ -265,23 +268,33 @@ def acsf_atom(params: ACSFParams, vectors: jax.Array, mask: jax.Array,
         cos = (vectors @ vectors.T) / (rr[:, None] * rr[None, :])
         fcfc = jnp.where(pair_mask, fc[:, None] * fc[None, :], 0.0)
         s2 = r2[:, None] + r2[None, :]
-        terms = []
+        # Transcendentals only for the distinct η (radial part) and (ζ, λ) (angular part);
+        # the sum over neighbour pairs of each (η, ζ, λ, element pair) is then one batched
+        # matrix product per atom: X[e, f, η, ζλ] = Σ_ab oh[a,e] oh[b,f] rad[a,b,η] ang[a,b,ζλ].
+        n_k = r.shape[0]
+        feats = []
         for rows, with_jk in ((params.g4, True), (params.g5, False)):
             if not rows:
                 continue
             p = np.asarray(rows)
-            eta, zeta, lam = p[:, 0], p[:, 1], p[:, 2]
-            ang = _safe_pow(1.0 + lam * cos[..., None], zeta) * (2.0 ** (1.0 - zeta))
+            etas, eta_idx = np.unique(p[:, 0], return_inverse=True)
+            zl, zl_idx = np.unique(p[:, 1:], axis=0, return_inverse=True)
             if with_jk:
-                rad = jnp.exp(-eta * (s2 + rjk2)[..., None]) * (fcfc * fcjk)[..., None]
-            else:
-                rad = jnp.exp(-eta * s2[..., None]) * fcfc[..., None]
-            terms.append(ang * rad)
-        t = jnp.concatenate(terms, axis=-1)  # [K, K, n_angular]
-        full = jnp.einsum("ae,abg,bf->efg", onehot, t, onehot)  # ordered pairs, j ≠ k
+                weight = fcfc * fcjk
+                rad = jnp.stack([jnp.exp(-e * (s2 + rjk2)) * weight for e in etas], axis=-1)
+            else:  # exp(−η(r_a² + r_b²)) factorises: K exponentials instead of K²
+                ea = jnp.exp(-etas * r2[:, None]) * fc[:, None]  # [K, H]
+                rad = jnp.where(pair_mask[..., None], ea[:, None, :] * ea[None, :, :], 0.0)
+            ang = jnp.stack([_pow(1.0 + lam * cos, zeta) * 2.0 ** (1.0 - zeta)
+                             for zeta, lam in zl], axis=-1)  # [K, K, Z]
+            angf = (ang[:, :, None, :] * onehot[None, :, :, None]).reshape(n_k, n_k, -1)
+            y = jnp.einsum("abh,abz->ahz", rad, angf)  # [K, H, E·Z]
+            x = jnp.einsum("ae,ahz->ehz", onehot, y).reshape(n_el, len(etas), n_el, len(zl))
+            feats.append(x[:, eta_idx.reshape(-1), :, zl_idx.reshape(-1)])  # [G, E, E]
+        full = jnp.concatenate(feats, axis=0)  # [n_angular, E, E]: ordered pairs, j ≠ k
         blocks = []
         for a, b in params.pairs():
-            blocks.append(full[a, b] * (0.5 if a == b else 1.0))
+            blocks.append(full[:, a, b] * (0.5 if a == b else 1.0))
         out.append(jnp.stack(blocks).reshape(-1))
     return jnp.concatenate(out)
 
@@ -333,7 +346,8 @@ def acsf_jacobian(
     """ACSF values and their derivatives with respect to positions.
 
     Each atom's features depend only on its ``K`` neighbour vectors, so the Jacobian is built
-    per atom with forward-mode autodiff (``3K`` tangents, ``jax.jacfwd``) and scattered onto
+    per atom with ``jax.jacfwd`` (``3K`` tangents) or ``jax.jacrev`` (``F`` cotangents),
+    whichever is fewer, and scattered onto
     the atoms: no ``[n_atoms·n_features, n_atoms·3]`` reverse pass.
 
     Args:
@@ -349,9 +363,12 @@ def acsf_jacobian(
     """
     env = _env(system, params, max_neighbors, positions)
 
+    # forward mode needs 3K tangents, reverse mode F cotangents: take the cheaper one
+    jac = jax.jacrev if params.n_features < 3 * env.vectors.shape[1] else jax.jacfwd
+
     def one(v, m, s):
         f = lambda vv: acsf_atom(params, vv, m, s)  # noqa: E731
-        return f(v), jnp.moveaxis(jax.jacfwd(f)(v), 0, -1)  # [F], [K, 3, F]
+        return f(v), jnp.moveaxis(jac(f)(v), 0, -1)  # [F], [K, 3, F]
 
     vals, local = jax.vmap(one)(env.vectors, env.mask, env.species)
     amask = system.atom_mask

@@ -281,7 +281,19 @@ def coefficients(params: SOAPParams, vectors: jax.Array, mask: jax.Array,
     n_el = len(params.species)
     w = _weights(params, vectors, mask)
     onehot = (species_index(species, params.species)[:, None] == jnp.arange(n_el)) * w[:, None]
-    c = jnp.einsum("ke,knm->enm", onehot.astype(vectors.dtype), _neighbor_coeffs(params, vectors))
+    onehot = onehot.astype(vectors.dtype)
+    r2 = jnp.sum(vectors * vectors, axis=-1)
+    rad = _radial(params, r2)  # [K, L, n]
+    sh = e3nn.spherical_harmonics(
+        e3nn.Irreps.spherical_harmonics(params.l_max), vectors, normalize=False,
+        normalization="integral",
+    ).array  # [K, (L)²]
+    # per l one matrix product over neighbours: (E·n × K) @ (K × 2l+1)
+    blocks = []
+    for l in range(params.l_max + 1):
+        q = (onehot[:, :, None] * rad[:, None, l, :]).reshape(r2.shape[0], -1)  # [K, E·n]
+        blocks.append((q.T @ sh[:, l * l:(l + 1) ** 2]).reshape(n_el, params.n_max, 2 * l + 1))
+    c = jnp.concatenate(blocks, axis=-1)
     self_c = _neighbor_coeffs(params, jnp.zeros((3,), vectors.dtype))  # [n, lm]
     own = (species_index(center_species, params.species) == jnp.arange(n_el)).astype(c.dtype)
     return c + own[:, None, None] * self_c
@@ -367,6 +379,7 @@ def soap_jacobian(
     max_neighbors: int | None = None,
     positions: jax.Array | None = None,
     dense: bool = True,
+    attach: bool = True,
     batch_size: int | None = 16,
 ):
     """SOAP values and their derivatives with respect to positions.
@@ -379,6 +392,10 @@ def soap_jacobian(
     Args:
       system, params, max_neighbors, positions: as in :func:`soap`.
       dense: return dscribe's dense layout; otherwise per-slot derivatives and the environment.
+      attach: if True (default, what forces need) each centre moves with its atom; if False
+        the centres stay fixed in space while atoms move (dscribe's default ``attach=False``):
+        ``∂p_i/∂x_i`` then comes only from atom ``i``'s own Gaussian and its periodic images,
+        and rows no longer sum to zero. Off-diagonal entries are the same either way.
       batch_size: atoms per chunk (``None``: all at once).
 
     Returns:
@@ -403,18 +420,28 @@ def soap_jacobian(
         onehot = (species_index(s, params.species)[:, None] == jnp.arange(n_el)).astype(c.dtype)
         tang = onehot[:, None, :, None, None] * jnp.moveaxis(dphi, -1, 1)[:, :, None]
         f = lambda cc: _spectrum(params, cc)  # noqa: E731
-        jv = jax.vmap(jax.vmap(lambda t: jax.jvp(f, (c,), (t,))[1]))(tang)  # [K, 3, F]
-        return f(c), jv
+        jvp = lambda t: jax.jvp(f, (c,), (t,))[1]  # noqa: E731
+        jv = jax.vmap(jax.vmap(jvp))(tang)  # [K, 3, F]
+        # the centre's own Gaussian, displaced with its atom while the centre stays put
+        dphi0 = jax.jacfwd(lambda x: _neighbor_coeffs(params, x))(jnp.zeros((3,), v.dtype))
+        own = (species_index(z, params.species) == jnp.arange(n_el)).astype(c.dtype)
+        jself = jax.vmap(jvp)(own[None, :, None, None] * jnp.moveaxis(dphi0, -1, 0)[:, None])
+        return f(c), jv, jself
 
     args = (env.vectors, env.mask, env.species, system.species)
     if batch_size is None:
-        vals, local = jax.vmap(one)(args)
+        vals, local, jself = jax.vmap(one)(args)
     else:
-        vals, local = jax.lax.map(one, args, batch_size=batch_size)
+        vals, local, jself = jax.lax.map(one, args, batch_size=batch_size)
     amask = system.atom_mask
     vals = jnp.where(amask[:, None], vals, 0.0)
     vals = jnp.where(env.overflow, jnp.nan, vals)
     local = jnp.where(amask[:, None, None, None] & env.mask[..., None, None], local, 0.0)
     if not dense:
         return vals, local, env
-    return vals, dense_jacobian(local, env)
+    jac = dense_jacobian(local, env)
+    if not attach:
+        diag = jnp.arange(system.n_atoms)
+        jself = jnp.where(amask[:, None, None], jself, 0.0)
+        jac = jac.at[diag, diag].add(jnp.sum(local, axis=1) + jself)
+    return vals, jac
