@@ -149,6 +149,7 @@ def hot_tight_run():
     counter: list = []
     pot = force_shifted_lj(counter=counter)
     system = lattice(3, 1.0)
+    system = system.pad(112, system.n_edges)  # 4 padding slots must stay inert
     mp = pytest.MonkeyPatch()
     mp.setattr(md.run, "_BLOCK_STEPS", 50)  # 400 steps = 8 blocks of 5 log intervals
     try:
@@ -179,6 +180,11 @@ def test_simulate_log_columns(hot_tight_run):
     e_tot = log["total_energy_ev"]
     assert np.abs(e_tot - e_tot[0]).max() < 2e-3 * 108
     assert np.ptp(log["temperature_k"]) > 0  # it really moved
+    final = res.final_state
+    assert final.system.n_atoms == 112 and len(res.frames[-1]) == 108
+    assert np.all(np.asarray(final.momenta)[108:] == 0)
+    np.testing.assert_array_equal(np.asarray(final.system.positions)[108:], 0.0)
+    np.testing.assert_allclose(np.asarray(final.momenta).sum(0), 0.0, atol=1e-10)
 
 
 def test_simulate_compiles_once_per_shape(hot_tight_run):
