@@ -565,19 +565,19 @@ def _geometric(lo: int, hi: int, growth: float) -> list[int]:
 def choose_shapes(
     datasets: Dataset | Sequence[Dataset],
     *,
-    growth: float = 1.25,
+    growth: float = 1.1,
     max_shapes: int = 6,
 ) -> list[tuple[int, int]]:
     """Choose a few padded ``(n_atoms, n_edges)`` shapes that every structure fits.
 
-    Atom and edge counts are rounded up to geometric ladders (ratio ``growth``) that start at the
-    smallest count present, so padding wastes at most ``growth − 1`` of the work. If that gives
-    more than ``max_shapes`` distinct shapes, the ratio is increased until it does not; the
-    last resort is one shape (the largest counts).
+    Atom and edge counts are first rounded up to geometric ladders (ratio ``growth``) that start
+    at the smallest count present; each resulting group gets the shape of its largest member.
+    While there are more than ``max_shapes`` groups, the two whose merger adds the least padded
+    work (``Σ_structures n_atoms + n_edges`` of the padded shapes) are merged.
 
     Args:
       datasets: one dataset or several (e.g. train and valid, so both reuse the shapes).
-      growth: initial ladder ratio (> 1).
+      growth: ratio of the initial ladders (> 1).
       max_shapes: upper bound on the number of shapes, hence on compilations per function.
 
     Returns:
@@ -589,18 +589,30 @@ def choose_shapes(
     e = np.concatenate([d.n_edges for d in datasets])
     if n.size == 0:
         raise ValueError("choose_shapes: no structures")
-    g = max(float(growth), 1.0001)
-    for _ in range(60):
-        keys = _assign(n, e, g)
-        if len(set(keys)) <= max_shapes:
-            # Shrink each shape to the largest structure actually assigned to it.
-            tight: dict = {}
-            for k, a, b in zip(keys, n.tolist(), e.tolist(), strict=True):
-                ta, tb = tight.get(k, (0, 1))
-                tight[k] = (max(ta, int(a)), max(tb, int(b)))
-            return sorted(set(tight.values()))
-        g = 1.0 + (g - 1.0) * 1.5
-    return [(int(n.max()), int(max(e.max(), 1)))]
+    if max_shapes < 1:
+        raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+    keys = _assign(n, e, max(float(growth), 1.0001))
+    groups: dict = {}
+    for k, a, b in zip(keys, n.tolist(), e.tolist(), strict=True):
+        ta, tb, c = groups.get(k, (0, 1, 0))
+        groups[k] = (max(ta, int(a)), max(tb, int(b)), c + 1)
+    shapes = list(groups.values())  # (n_atoms, n_edges, count)
+
+    def cost(g):
+        return g[2] * (g[0] + g[1])
+
+    while len(shapes) > max_shapes:
+        best = None
+        for i in range(len(shapes)):
+            for j in range(i + 1, len(shapes)):
+                a, b = shapes[i], shapes[j]
+                m = (max(a[0], b[0]), max(a[1], b[1]), a[2] + b[2])
+                extra = cost(m) - cost(a) - cost(b)
+                if best is None or extra < best[0]:
+                    best = (extra, i, j, m)
+        _, i, j, m = best
+        shapes = [g for k, g in enumerate(shapes) if k not in (i, j)] + [m]
+    return sorted((a, b) for a, b, _ in shapes)
 
 
 def _assign(n: np.ndarray, e: np.ndarray, growth: float) -> list[tuple[int, int]]:
