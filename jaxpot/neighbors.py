@@ -24,6 +24,7 @@ the real ``receivers`` are non-decreasing; empty slots have ``senders == receive
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Literal
 
@@ -341,16 +342,180 @@ def _candidates_cell(spec: NeighborSpec, positions, cell, atom_mask):
     return d, cand, shift, valid, bin_overflow | jnp.any(outside) | cell_overflow
 
 
+
+# Cell-list rebuild without scatters or cumulative sums over the candidates (they dominate on
+# CPU): one fused pass computes every candidate distance and packs the in-range flags of each
+# atom into 32-bit words; the first ``max_neighbors`` set bits of each atom's row are then
+# found with population counts (a search over ~30 words, then a 5-step bisection inside one
+# word), touching only ``[n_atoms, max_neighbors]``-sized arrays.
+
+_FAR = 1.0e6  # Å; position of empty candidate slots (squared distance ~1e12, never in range)
+
+
+def _pack_bits(mask: jax.Array) -> jax.Array:
+    """``[rows, 32·W]`` bool -> ``[rows, W]`` uint32, bit b of word w = ``mask[:, 32w + b]``."""
+    rows, cols = mask.shape
+    bits = mask.reshape(rows, cols // 32, 32).astype(jnp.uint32)
+    return jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def _select_bits(words: jax.Array, m: int):
+    """Columns of the first ``m`` set bits of each row of ``words`` (``[rows, W]`` uint32).
+
+    Returns ``(cols [rows, m] int32, valid [rows, m] bool, count [rows] int32)``; ``cols`` is
+    increasing along each row where ``valid``.
+    """
+    rows, n_words = words.shape
+    pc = jax.lax.population_count(words).astype(jnp.int32)
+    count = jnp.sum(pc, axis=1)
+    before = jnp.cumsum(pc, axis=1) - pc  # set bits in the words before word w
+    # Word holding the t-th set bit: the last word with ``before <= t``. Mark each non-empty
+    # word at slot ``before`` (a scatter of [rows, W], not of the candidates), then carry the
+    # largest mark forward along the slots.
+    slot = jnp.where(pc > 0, before, m)
+    marks = jnp.zeros((rows, m + 1), jnp.int32).at[jnp.arange(rows)[:, None], slot].max(
+        jnp.arange(n_words, dtype=jnp.int32)[None, :], mode="drop")
+    w = jax.lax.cummax(marks[:, :m], axis=1)
+    t = jnp.arange(m, dtype=jnp.int32)[None, :]
+    rank = t - jnp.take_along_axis(before, w, axis=1)
+    word = jnp.take_along_axis(words, w, axis=1)
+    # Bit holding the rank-th set bit of ``word``: the largest b with popcount(bits < b) <= rank.
+    bit = jnp.zeros_like(rank)
+    for step in (16, 8, 4, 2, 1):
+        trial = bit + step
+        below = word & ((jnp.uint32(1) << trial.astype(jnp.uint32)) - jnp.uint32(1))
+        bit = jnp.where(jax.lax.population_count(below).astype(jnp.int32) <= rank, trial, bit)
+    valid = t < count[:, None]
+    return 32 * w + bit, valid, count
+
+
+def _cell_tables(spec: NeighborSpec, positions, cell, atom_mask):
+    """Bins, per-bin candidate tables and overflow flags of the cell method."""
+    n = positions.shape[0]
+    dtype = positions.dtype
+    pbc = jnp.asarray(spec.pbc)
+    grid = jnp.asarray(spec.grid, jnp.int32)
+    box = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
+    origin = jnp.asarray(np.asarray(spec.origin), dtype)
+    box_inv = jnp.linalg.inv(box)
+    frac = (positions - origin) @ box_inv
+    reach = (spec.cutoff + spec.skin) * jnp.linalg.norm(box_inv, axis=0) * grid
+    cell_overflow = jnp.any(pbc & (reach > 1.0 + _CELL_TOL))
+    image = jnp.where(pbc, jnp.floor(frac), 0.0)
+    fw = frac - image
+    outside = jnp.any(~pbc & ((fw < 0) | (fw >= 1)), axis=1) & atom_mask
+    wrapped = positions - image @ box
+    bin3 = jnp.clip(jnp.floor(fw * grid).astype(jnp.int32), 0, grid - 1)
+    n_bins = int(np.prod(spec.grid))
+    flat = (bin3[:, 0] * grid[1] + bin3[:, 1]) * grid[2] + bin3[:, 2]
+    flat = jnp.where(atom_mask, flat, n_bins)  # padding atoms go to a dump bin
+    order = jnp.argsort(flat)
+    sorted_bins = flat[order]
+    start = jnp.searchsorted(sorted_bins, jnp.arange(n_bins + 1, dtype=flat.dtype))
+    rank = jnp.arange(n, dtype=jnp.int32) - start[sorted_bins].astype(jnp.int32)
+    k = spec.bin_capacity
+    bin_atoms = jnp.full((n_bins + 1, k), n, jnp.int32)
+    bin_atoms = bin_atoms.at[sorted_bins, rank].set(order.astype(jnp.int32), mode="drop")
+    bin_atoms = bin_atoms.at[n_bins].set(n)  # the dump bin holds no candidates
+    bin_overflow = jnp.max(jnp.diff(start)[:n_bins]) > k
+
+    # Per bin: the 27 neighbouring bins and their periodic wraps (small tables).
+    g = np.asarray(spec.grid)
+    b3 = np.stack(np.unravel_index(np.arange(n_bins), g), axis=-1)  # [n_bins, 3]
+    nb3 = b3[:, None, :] + _STENCIL[None, :, :]  # [n_bins, 27, 3]
+    wrap = np.where(np.asarray(spec.pbc), np.floor_divide(nb3, g), 0)
+    nb3w = nb3 - wrap * g
+    in_range = np.all((nb3w >= 0) & (nb3w < g), axis=-1)
+    nb_flat = np.where(in_range, np.ravel_multi_index(tuple(np.moveaxis(np.clip(nb3w, 0, g - 1),
+                                                                        -1, 0)), g), n_bins)
+    wrap_f = jnp.asarray(wrap, dtype)  # [n_bins, 27, 3]
+    offsets = wrap_f @ cell  # [n_bins, 27, 3]
+    n_cols = 27 * k
+    n_words = -(-n_cols // 32)
+    pad = 32 * n_words - n_cols
+    cand = bin_atoms[jnp.asarray(nb_flat, jnp.int32)].reshape(n_bins, n_cols)
+    cand = jnp.pad(cand, ((0, 0), (0, pad)), constant_values=n)  # [n_bins, 32 W]
+
+    # Coordinates are kept as separate [.., 32 W] arrays (structure of arrays): XLA on CPU
+    # vectorises along the last axis, and a trailing axis of 3 is several hundred times slower.
+    pos_ext = jnp.concatenate([wrapped, jnp.full((1, 3), _FAR, dtype)]).T  # [3, n + 1]
+    cand_pos = pos_ext[:, cand]  # [3, n_bins, 32 W]
+    col_off = jnp.pad(jnp.repeat(jnp.moveaxis(offsets, -1, 0), k, axis=2),
+                      ((0, 0), (0, 0), (0, pad)))  # [3, n_bins, 32 W]
+    # Materialise the per-bin tables: fused into the per-atom pass below, their gathers would
+    # be redone for every atom (10x slower).
+    cand, cand_pos, col_off = jax.lax.optimization_barrier((cand, cand_pos, col_off))
+
+    row_bin = jnp.minimum(flat, n_bins - 1)
+    overflow = bin_overflow | jnp.any(outside) | cell_overflow
+    return dict(cand=cand, cand_pos=cand_pos, col_off=col_off, row_bin=row_bin, wrapped=wrapped,
+                wrap_f=wrap_f, image=image, order=order, overflow=overflow)
+
+
+_BLOCK_ATOMS = 512  # atoms per block of the cell rebuild (cache-sized working set)
+
+
+def _cell_block(spec: NeighborSpec, tab, atom_mask, ids, *, decode: bool):
+    """Neighbours of the atoms ``ids`` (``[b]``, ``n`` for none) from the cell tables."""
+    n = atom_mask.shape[0]
+    dtype = tab["wrapped"].dtype
+    ids_c = jnp.minimum(ids, n - 1)
+    live = (ids < n) & atom_mask[ids_c]
+    rb = tab["row_bin"][ids_c]
+    cand_rows = tab["cand"][rb]  # [b, 32 W]
+    rc = spec.cutoff + spec.skin
+    d2 = jnp.zeros(cand_rows.shape, dtype)
+    for c in range(3):
+        # (x_j − x_i) + offset: bit-for-bit the negation of the reverse pair, so the list is
+        # symmetric even at the edge of the range.
+        dc = (tab["cand_pos"][c][rb] - tab["wrapped"][ids_c, c][:, None]) + tab["col_off"][c][rb]
+        d2 = d2 + dc * dc
+    mask = (d2 < rc * rc) & (cand_rows < n) & (cand_rows != ids[:, None]) & live[:, None]
+    words = _pack_bits(mask)
+    if not decode:
+        return jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1)
+    cols, valid, count = _select_bits(words, spec.max_neighbors)
+    senders = jnp.where(valid, jnp.take_along_axis(cand_rows, cols, axis=1), n)
+    stencil = jnp.minimum(cols // spec.bin_capacity, 26)
+    s_c = jnp.minimum(senders, n - 1)
+    image = tab["image"]
+    shifts = tab["wrap_f"][rb[:, None], stencil] + image[ids_c][:, None, :] - image[s_c]
+    shifts = jnp.where(valid[..., None], shifts, 0.0)
+    return senders, shifts, count
+
+
+def _cell_scan(spec: NeighborSpec, tab, atom_mask, *, decode: bool):
+    """Run :func:`_cell_block` over all atoms in bin order, in blocks; results by atom."""
+    n = atom_mask.shape[0]
+    b = min(n, _BLOCK_ATOMS)
+    n_blocks = -(-n // b)
+    ids = jnp.pad(tab["order"].astype(jnp.int32), (0, n_blocks * b - n), constant_values=n)
+    out = jax.lax.map(lambda blk: _cell_block(spec, tab, atom_mask, blk, decode=decode),
+                      ids.reshape(n_blocks, b))
+    out = jax.tree.map(lambda x: x.reshape((n_blocks * b,) + x.shape[2:])[:n], out)
+    inverse = jnp.zeros(n, jnp.int32).at[tab["order"]].set(jnp.arange(n, dtype=jnp.int32))
+    return jax.tree.map(lambda x: x[inverse], out)
+
+
+def _build_cell(spec: NeighborSpec, positions, cell, atom_mask):
+    """``(senders [n, m], shifts [n, m, 3], count [n], overflow)`` for the cell method."""
+    tab = _cell_tables(spec, positions, cell, atom_mask)
+    senders, shifts, count = _cell_scan(spec, tab, atom_mask, decode=True)
+    return senders, shifts, count, tab["overflow"]
+
+
 def rebuild(neighbors: Neighbors, system) -> Neighbors:
     """Rebuild the list from ``system.positions`` (jittable). Sets ``overflow`` if it did not fit."""
     spec = neighbors.spec
     positions, cell, atom_mask = system.positions, system.cell, system.atom_mask
     n = positions.shape[0]
-    build = _candidates_cell if spec.method == "cell" else _candidates_brute
-    d, cand, shift, valid, geom_overflow = build(spec, positions, cell, atom_mask)
-    rc = spec.cutoff + spec.skin
-    mask = valid & (jnp.sum(d * d, axis=-1) < rc * rc)
-    senders, shifts, count = _compact(mask, cand, shift, spec.max_neighbors, n)
+    if spec.method == "cell":
+        senders, shifts, count, geom_overflow = _build_cell(spec, positions, cell, atom_mask)
+    else:
+        d, cand, shift, valid, geom_overflow = _candidates_brute(spec, positions, cell, atom_mask)
+        rc = spec.cutoff + spec.skin
+        mask = valid & (jnp.sum(d * d, axis=-1) < rc * rc)
+        senders, shifts, count = _compact(mask, cand, shift, spec.max_neighbors, n)
     max_count = jnp.max(count) if n else jnp.zeros((), jnp.int32)
     m = spec.max_neighbors
     senders = senders.reshape(n * m)
@@ -437,13 +602,17 @@ def allocate(
             f"direction; this cell allows {periodic_bins.tolist()}; use method='brute'"
         )
 
-    # Exact counts from the host list give the capacity.
-    if real.shape[0]:
+    # Exact counts give the capacity: from the host list for the all-pairs method, from the
+    # jitted cell-list candidates (O(N), exact) for the cell method, where the host O(N²) list
+    # would take minutes at N ~ 10⁵.
+    if method == "brute" and real.shape[0]:
         r, _, _ = neighbor_list(real, cell, pbc, rc)
         max_count = int(np.bincount(r, minlength=real.shape[0]).max()) if r.size else 0
     else:
         max_count = 0
-    max_neighbors = max(int(np.ceil(max_count * capacity_multiplier)) + 1, int(min_capacity), 1)
+
+    def _capacity(count):
+        return max(int(np.ceil(count * capacity_multiplier)) + 1, int(min_capacity), 1)
 
     box = basis.copy()
     origin = np.zeros(3)
@@ -467,15 +636,19 @@ def allocate(
         flat = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
         occupancy = int(np.bincount(flat).max()) if flat.size else 1
         spec = NeighborSpec(
-            cutoff=float(cutoff), skin=float(skin), max_neighbors=max_neighbors, method="cell",
+            cutoff=float(cutoff), skin=float(skin), max_neighbors=1, method="cell",
             pbc=tuple(bool(p) for p in pbc), grid=tuple(grid),
             bin_capacity=int(np.ceil(occupancy * capacity_multiplier)) + 1,
             box=tuple(map(tuple, box.tolist())), origin=tuple(origin.tolist()),
         )
+        if real.shape[0]:
+            max_count = int(_max_count_jit(spec, system))
+        spec = dataclasses.replace(spec, max_neighbors=_capacity(max_count))
     else:
         shifts = _shift_vectors(_shift_range(cell, pbc, rc))
         spec = NeighborSpec(
-            cutoff=float(cutoff), skin=float(skin), max_neighbors=max_neighbors, method="brute",
+            cutoff=float(cutoff), skin=float(skin), max_neighbors=_capacity(max_count),
+            method="brute",
             pbc=tuple(bool(p) for p in pbc), shifts=tuple(map(tuple, shifts.tolist())),
             box=tuple(map(tuple, basis.tolist())),
         )
@@ -494,3 +667,10 @@ def allocate(
 
 
 _rebuild_jit = jax.jit(rebuild)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _max_count_jit(spec: NeighborSpec, system) -> jax.Array:
+    """Largest number of neighbours within ``cutoff + skin`` of any atom (cell method)."""
+    tab = _cell_tables(spec, system.positions, system.cell, system.atom_mask)
+    return jnp.max(_cell_scan(spec, tab, system.atom_mask, decode=False))
