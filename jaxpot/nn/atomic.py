@@ -22,6 +22,7 @@ Padding atoms get ``E_i = 0``; a real atom of an element the model does not know
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -33,6 +34,13 @@ from jaxpot.nn.embedding import check_species, species_index
 from jaxpot.system import System
 
 __all__ = ["AtomicModel", "atomic_model"]
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(net: nn.Module):
+    # One compiled init per (hashable) network, shared by every potential built from the same
+    # config: random initialisation compiles slowly on CPU.
+    return jax.jit(net.init)
 
 
 class AtomicModel:
@@ -66,7 +74,7 @@ class AtomicModel:
             check_species(self.table, system)
         dtype = system.positions.dtype
         idx, _ = species_index(self.table, system.species, system.atom_mask)
-        variables = jax.jit(self.net.init)(key, system.edge_vectors(), system.edge_mask, idx,
+        variables = _jitted_init(self.net)(key, system.edge_vectors(), system.edge_mask, idx,
                                            system.senders, system.receivers)
         net_params = jax.tree.map(lambda p: jnp.asarray(p, dtype), variables["params"])
         return {

@@ -3,7 +3,7 @@
 For every atom and channel ``c`` with atomic basis ``A_c`` (per-channel irreps, e.g.
 ``0e+1o+2e``, dimension ``d``) the layer computes, for each output irrep ``L``,
 
-    B_{c,LM} = Σ_{ν=1..N} Σ_η w^{(ν)}_{z, c, η} Σ_{i1..iν} U^{(ν)}_{η,LM; i1..iν} A_{c,i1} ⋯ A_{c,iν}
+    B_{c,LM} = Σ_ν Σ_η w^{(ν)}_{z,c,η} Σ_{i1..iν} U^{(ν)}_{η,LM; i1..iν} A_{c,i1} ⋯ A_{c,iν}
 
 where ``U^{(ν)}`` spans the symmetric rank-ν tensors that transform as ``L`` (from
 :func:`e3nn_jax.reduced_symmetric_tensor_product_basis`) and the weights depend on the species
@@ -89,36 +89,40 @@ class SymmetricContraction(nn.Module):
         """Contract.
 
         Args:
-          a: ``[n_atoms, C, irreps_a.dim]`` atomic basis, channels independent.
+          a: ``[n_atoms, irreps_a.dim, C]`` atomic basis, channels last and independent.
           irreps_a: per-channel irreps of ``a`` (multiplicity 1 each).
           species: ``[n_atoms]`` int species indices.
 
         Returns:
           IrrepsArray ``[n_atoms, C×irreps_out]`` (multiplicity C per output irrep).
         """
-        n, c, _ = a.shape
+        irreps_a = e3nn.Irreps(irreps_a)
+        n, d, c = a.shape
+        if d != irreps_a.dim or species.shape != (n,):
+            raise ValueError(f"expected a of shape [n, {irreps_a.dim}, C] and species [n], got "
+                             f"{a.shape} and {species.shape}")
         keep = [ir for _, ir in e3nn.Irreps(self.irreps_out)]
-        results: dict = {ir: 0.0 for ir in keep}
+        results: dict = {}
         for nu in range(1, self.correlation + 1):
             mono, basis, out = symmetric_basis(str(irreps_a), nu, str(e3nn.Irreps(keep)))
             if not out:
                 continue
-            prod = a[:, :, mono[:, 0]]
+            prod = a[:, mono[:, 0], :]
             for k in range(1, nu):
-                prod = prod * a[:, :, mono[:, k]]
-            b = prod @ jnp.asarray(basis, a.dtype)  # [n, C, dim]
+                prod = prod * a[:, mono[:, k], :]  # [n, n_mono, C]
+            b = jnp.einsum("nmc,mk->nkc", prod, jnp.asarray(basis, a.dtype))  # [n, dim, C]
             offset = 0
             for ir, eta in out:
                 w = self.param(f"w{nu}_{ir}", nn.initializers.normal(1.0),
-                               (self.num_species, c, eta))
-                w = w[species] / np.sqrt(eta * self.correlation)  # [n, C, η]
-                blk = b[:, :, offset:offset + eta * ir.dim].reshape(n, c, eta, ir.dim)
-                results[ir] = results[ir] + jnp.einsum("nce,ncem->ncm", w, blk)
+                               (self.num_species, eta, c))
+                w = w[species].astype(a.dtype) / np.sqrt(eta * self.correlation)  # [n, η, C]
+                blk = b[:, offset:offset + eta * ir.dim, :].reshape(n, eta, ir.dim, c)
+                term = jnp.sum(blk * w[:, :, None, :], axis=1)  # [n, 2l+1, C]
+                results[ir] = results[ir] + term if ir in results else term
                 offset += eta * ir.dim
         irreps, chunks = [], []
         for ir in keep:
-            if isinstance(results[ir], float):
-                continue
-            irreps.append((c, ir))
-            chunks.append(results[ir])
+            if ir in results:
+                irreps.append((c, ir))
+                chunks.append(jnp.swapaxes(results[ir], -1, -2))
         return e3nn.from_chunks(e3nn.Irreps(irreps), chunks, (n,), a.dtype)

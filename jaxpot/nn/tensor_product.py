@@ -149,7 +149,7 @@ def channelwise_conv(plan: ChannelwisePlan, xs: list[jax.Array], sh: jax.Array,
     d_sh = sh.shape[-1]
     results = []
     g = 0
-    for offset, d1, mat, k, groups in plan.blocks:
+    for _, d1, mat, k, groups in plan.blocks:
         i_in = plan.paths[groups[0][1]][0]
         x_e = jnp.take(xs[i_in], senders, axis=0, mode="clip")  # [E, d1, C]
         mat3 = mat.reshape(d_sh, d1, k)
