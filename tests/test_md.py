@@ -228,7 +228,8 @@ def test_simulate_pressure_is_virial_plus_kinetic(hot_tight_run):
 # ---------------------------------------------------------------------------- thermostats
 
 
-def _canonical_checks(res, kT_target, n_atoms, discard):
+def _canonical_checks(res, kT_target, n_atoms, discard, bias):
+    """``bias``: allowed systematic relative error of <T> from the time step (see callers)."""
     dof = 3 * n_atoms - 3
     ke = res.log["kinetic_energy_ev"][discard:]
     t = 2 * ke / dof
@@ -240,10 +241,17 @@ def _canonical_checks(res, kT_target, n_atoms, discard):
     print(f"T/T0 = {mean_t / kT_target:.4f} ± {se_t / kT_target:.4f}; "
           f"Var(K)/canonical = {ratio:.3f} ± {se_ratio:.3f}; samples {ke.size}")
     assert abs(mean_t / kT_target - 1.0) < 0.02
-    assert abs(mean_t - kT_target) < 4 * se_t + 0.002 * kT_target
+    assert abs(mean_t - kT_target) < 4 * se_t + bias * kT_target
     assert abs(ratio - 1.0) < max(4 * se_ratio, 0.05)
     assert abs(ratio - 1.0) < 0.25
     return mean_t, ratio
+
+
+# BAOAB's momenta at full steps (after the last half kick) are biased: their kinetic temperature
+# is low by about dt²<ω²>/4, with <ω²> the mean squared Einstein frequency (~400 for this liquid,
+# so ~1 % at dt* = 0.01; measured 0.990 ± 0.0013 over 10⁵ steps). The Nosé–Hoover chain controls
+# exactly the full-step kinetic energy, so it has no such bias.
+_BIAS = {"langevin": 0.015, "nose-hoover": 0.002}
 
 
 def _thermostat_run(ensemble, steps, seed=1):
@@ -264,7 +272,7 @@ def test_thermostat_samples_canonical_kinetic_energy(ensemble):
     least 5 %, at most 25 %) on the variance ratio.
     """
     res = _thermostat_run(ensemble, 10_000)
-    _canonical_checks(res, 1.0, 64, discard=100)
+    _canonical_checks(res, 1.0, 64, discard=100, bias=_BIAS[ensemble])
 
 
 @pytest.mark.slow
@@ -272,7 +280,7 @@ def test_thermostat_samples_canonical_kinetic_energy(ensemble):
 def test_thermostat_canonical_long(ensemble):
     """The strict version: 10⁵ steps, block errors ~4× smaller (same checks)."""
     res = _thermostat_run(ensemble, 100_000, seed=2)
-    _canonical_checks(res, 1.0, 64, discard=100)
+    _canonical_checks(res, 1.0, 64, discard=100, bias=_BIAS[ensemble])
 
 
 # ---------------------------------------------------------------------------- FIRE

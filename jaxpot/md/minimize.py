@@ -81,8 +81,7 @@ def fire(
 
         return jmd_minimize.fire_descent(force_fn, shift, dt_start=dt_start, dt_max=dt_max)
 
-    @jax.jit
-    def start(params, stripped, nbrs):
+    def start(params, stripped, nbrs):  # eager: one force call, no extra compile
         init_fn, _ = make(params, stripped)
         return init_fn(stripped.positions, neighbor=nbrs)
 
@@ -127,9 +126,8 @@ def fire(
         if float(fmax_of(state.force, mask)) <= fmax or int(n_done) >= max_steps:
             break
     final = stripped.replace(positions=state.position)
-    nbrs = nb.allocate(final, potential.cutoff, skin=skin)
-    relaxed = nbrs.attach(final)
-    e, f = jax.jit(ef)(params, relaxed)
+    relaxed = nbrs.attach(final)  # the loop keeps the list updated at the current positions
+    e, f = ef(params, relaxed)  # eager: one call, no extra compile
     f_max = float(np.sqrt(np.max(np.where(np.asarray(mask), np.sum(np.asarray(f) ** 2, -1), 0))))
     info = {"energy": float(e), "fmax": f_max, "steps": int(n_done),
             "converged": f_max <= fmax, "n_reallocations": n_realloc}

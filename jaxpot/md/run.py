@@ -149,7 +149,14 @@ def simulate(
       neighbor_method: ``"auto"``, ``"brute"`` or ``"cell"`` (see ``neighbors.allocate``).
 
     Returns:
-      An :class:`MDResult`.
+      An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
+      the total momentum is zero and stays zero in every ensemble here).
+
+    Notes:
+      Steps run in jitted blocks of whole log intervals (about 200 steps per block); each
+      distinct block shape compiles once (usually one shape, plus one for a final partial
+      block and one per neighbour-list reallocation). ``compile_s`` includes the neighbour-list
+      allocation and the first force evaluation.
 
     Raises:
       ValueError: unknown ensemble, non-positive ``steps``/``log_every``, a ``trajectory_every``
