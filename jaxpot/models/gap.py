@@ -1,0 +1,656 @@
+"""Gaussian Approximation Potential (GAP): sparse GP regression on SOAP, fitted to E and F.
+
+Model. The energy is a sum of atomic energies ``E = Σ_i ε(p̂_i) + Σ_i e_{Z_i}`` where ``p̂_i`` is
+the L2-normalised smooth SOAP power spectrum of atom ``i`` (:mod:`jaxpot.descriptors.soap`),
+``e_Z`` are least-squares element reference energies, and ``ε`` has a Gaussian-process prior
+with covariance ``δ² k(p̂, p̂')``, ``k(p̂, p̂') = (p̂ · p̂')^ζ`` (zero between environments of
+different centre elements).
+
+Sparsification (projected process / DTC). ``ε(p) = Σ_m α_m δ² k(p, p̂_m)`` over ``M``
+representative environments chosen by farthest-point sampling in the kernel metric or by CUR
+leverage scores. Every observation is linear in ``α``: a total energy is ``Σ_i`` of atomic
+terms (row ``K_E = δ² Σ_i k(p̂_i, ·)``), a force component is ``−∂/∂x`` of that sum (row
+``K_F``, built from the SOAP Jacobian by the chain rule). With the diagonal noise ``Λ``
+(``σ_E² · n_atoms`` per energy, ``σ_F²`` per force component)::
+
+    A = K_MM + K_MN Λ⁻¹ K_NM,      α = A⁻¹ K_MN Λ⁻¹ y        (Cholesky, float64)
+
+The normal equations are accumulated structure by structure (memory ``O(M²)``, never the
+``N × M`` design matrix). Predictive variance of any linear observation with row ``k*`` and
+prior variance ``k**`` (projected-process / DTC variance, which returns to the prior far from
+the data)::
+
+    var = k** − k*ᵀ K_MM⁻¹ k* + k*ᵀ A⁻¹ k*
+
+The prior variances ``k**`` of a total energy and of each force component are exact
+(second derivatives of the kernel through the SOAP Jacobian).
+
+Hyperparameters: ``δ`` defaults to the per-atom energy spread of the data, ``σ_E`` to 1 % of
+it and ``σ_F`` to 5 % of the force RMS; ``optimize_noise=True`` picks ``(σ_E, σ_F)`` on a grid by
+maximising the log marginal likelihood (cheap: the accumulated sums are reused).
+
+Use :func:`fit_gap` (or ``jaxpot train --model gap``), then ``potential.energy`` in MD and
+:func:`gap_predict` for means and variances.
+
+References:
+  A. P. Bartók, M. C. Payne, R. Kondor, G. Csányi, "Gaussian approximation potentials: the
+  accuracy of quantum mechanics, without the electrons", Phys. Rev. Lett. 104, 136403 (2010).
+  A. P. Bartók, G. Csányi, "Gaussian approximation potentials: a brief tutorial introduction",
+  Int. J. Quantum Chem. 115, 1051 (2015).
+  J. Quiñonero-Candela, C. E. Rasmussen, "A unifying view of sparse approximate Gaussian
+  process regression", J. Mach. Learn. Res. 6, 1939 (2005).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpot.descriptors import soap as _soap
+from jaxpot.nn.embedding import normalize_species, species_index, species_table
+from jaxpot.potential import Potential, register
+from jaxpot.system import System
+
+__all__ = ["GAPConfig", "gap", "fit_gap", "gap_predict", "gap_predictor", "GAPFitInfo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GAPConfig:
+    """Options of :func:`gap` / :func:`fit_gap` (JSON-serialisable).
+
+    Attributes:
+      cutoff: SOAP neighbour cutoff, Å (smooth C³ cutoff, no padding beyond it).
+      species: elements (symbols or atomic numbers).
+      n_max, l_max, sigma: SOAP resolution and Gaussian width (Å).
+      zeta: integer kernel exponent ζ.
+      n_sparse: number of representative environments M (all environments if fewer).
+      sparse_method: ``"fps"`` (farthest-point sampling) or ``"cur"`` (leverage scores).
+      max_neighbors: static neighbour capacity per atom (None: from ``avg_num_neighbors``).
+      avg_num_neighbors: mean coordination of the data (filled in by ``jaxpot train``).
+      delta: prior std δ of an atomic energy, eV (None: from the data).
+      sigma_energy: energy noise per atom, eV/atom (None: 1 % of δ).
+      sigma_force: force noise, eV/Å (None: 5 % of the force RMS).
+      use_forces: fit force observations too.
+      optimize_noise: choose (σ_E, σ_F) on a grid by the marginal likelihood.
+      jitter: relative diagonal jitter on K_MM.
+      max_structures: use at most this many training structures (None: all).
+      seed: seed for sparse-point selection and structure subsampling.
+    """
+
+    cutoff: float = 5.0
+    species: Sequence[str | int] = ("Cu",)
+    n_max: int = 6
+    l_max: int = 4
+    sigma: float = 0.5
+    zeta: int = 4
+    n_sparse: int = 500
+    sparse_method: str = "fps"
+    max_neighbors: int | None = None
+    avg_num_neighbors: float | None = None
+    delta: float | None = None
+    sigma_energy: float | None = None
+    sigma_force: float | None = None
+    use_forces: bool = True
+    optimize_noise: bool = False
+    jitter: float = 1e-8
+    max_structures: int | None = None
+    seed: int = 0
+
+    def validated(self) -> GAPConfig:
+        """A normalised copy or ``ValueError``."""
+        from jaxpot.models.bpnn import default_max_neighbors
+
+        if self.cutoff <= 1.0:
+            raise ValueError(f"gap: cutoff must be > 1 Å, got {self.cutoff}")
+        if int(self.zeta) != self.zeta or self.zeta < 1:
+            raise ValueError(f"gap: zeta must be a positive integer, got {self.zeta}")
+        if self.sparse_method not in ("fps", "cur"):
+            raise ValueError(f"gap: sparse_method must be 'fps' or 'cur', got "
+                             f"{self.sparse_method!r}")
+        if self.n_sparse < 1:
+            raise ValueError(f"gap: n_sparse must be >= 1, got {self.n_sparse}")
+        k = self.max_neighbors
+        if k is None:
+            k = default_max_neighbors(self.avg_num_neighbors)
+        opt = lambda v: None if v is None else float(v)  # noqa: E731
+        return dataclasses.replace(
+            self, species=tuple(normalize_species(self.species)), cutoff=float(self.cutoff),
+            n_max=int(self.n_max), l_max=int(self.l_max), sigma=float(self.sigma),
+            zeta=int(self.zeta), n_sparse=int(self.n_sparse), max_neighbors=int(k),
+            avg_num_neighbors=opt(self.avg_num_neighbors), delta=opt(self.delta),
+            sigma_energy=opt(self.sigma_energy), sigma_force=opt(self.sigma_force),
+            jitter=float(self.jitter), seed=int(self.seed),
+            max_structures=None if self.max_structures is None else int(self.max_structures),
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self.validated())
+        d["species"] = list(d["species"])
+        return d
+
+
+def _make(config, overrides) -> GAPConfig:
+    if config is None:
+        config = GAPConfig()
+    elif isinstance(config, dict):
+        config = GAPConfig(**config)
+    elif not isinstance(config, GAPConfig):
+        raise TypeError(f"config must be a GAPConfig, a dict or None, got {type(config)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(GAPConfig)}
+    if unknown:
+        raise ValueError(f"unknown GAPConfig fields: {sorted(unknown)}")
+    return dataclasses.replace(config, **overrides).validated()
+
+
+class _Kernel:
+    """SOAP descriptors, kernel rows and prior variances of one validated config (jittable)."""
+
+    def __init__(self, cfg: GAPConfig):
+        self.cfg = cfg
+        self.sp = _soap.soap_params(cfg.cutoff, cfg.n_max, cfg.l_max, cfg.species,
+                                    sigma=cfg.sigma, cutoff_padding=0.0, smooth=True,
+                                    normalize=True)
+        self.n_features = int(self.sp.n_features)
+        self.table = species_table(cfg.species)
+        self.zeta = cfg.zeta
+
+    def descriptors(self, system: System) -> jax.Array:
+        """``[n_atoms, F]`` normalised SOAP (0 on padding; NaN on neighbour overflow)."""
+        return _soap.soap(system, self.sp, max_neighbors=self.cfg.max_neighbors)
+
+    def _same(self, system, sparse_species):
+        z = jnp.where(system.atom_mask, system.species, -1)
+        return z[:, None] == sparse_species[None, :]  # [n, M]; sparse species 0 never matches
+
+    def energy_row(self, system: System, sparse, sparse_species) -> jax.Array:
+        """``[M]`` unit-δ kernel row of the total energy: ``Σ_i k(p̂_i, p̂_m)``."""
+        p = self.descriptors(system)
+        c = p @ sparse.T
+        return jnp.sum(jnp.where(self._same(system, sparse_species),
+                                 jax.lax.integer_pow(c, self.zeta), 0.0), axis=0)
+
+    def rows(self, system: System, sparse, sparse_species):
+        """Energy row ``[M]`` and force rows ``[n_atoms, 3, M]`` (``−∂/∂x`` of the energy row).
+
+        Built from the per-slot SOAP Jacobian: ``∂k_im/∂r_{ia} = ζ c^{ζ−1} (∂p̂_i/∂r_{ia})·p̂_m``,
+        scattered onto the atoms (``∂/∂x_j = Σ_{slots → j} − δ_ij Σ_slots``).
+        """
+        p, local, env = _soap.soap_jacobian(system, self.sp,
+                                            max_neighbors=self.cfg.max_neighbors, dense=False)
+        same = self._same(system, sparse_species)
+        c = p @ sparse.T  # [n, M]
+        k_e = jnp.sum(jnp.where(same, jax.lax.integer_pow(c, self.zeta), 0.0), axis=0)
+        g = jnp.where(same, self.zeta * jax.lax.integer_pow(c, self.zeta - 1), 0.0)  # [n, M]
+        t = jnp.einsum("iacf,mf->iacm", local, sparse) * g[:, None, None, :]  # [n, K, 3, M]
+        n = system.n_atoms
+        into = jax.ops.segment_sum(t.reshape((-1,) + t.shape[2:]), env.senders.reshape(-1),
+                                   num_segments=n + 1)[:n]
+        d = into - jnp.sum(t, axis=1)  # [n, 3, M] = ∂(Σ_i k_im)/∂x_j
+        d = jnp.where(system.atom_mask[:, None, None], d, 0.0)
+        return k_e, -d
+
+    def prior_variances(self, system: System):
+        """Unit-δ prior variances: total energy (scalar) and force components ``[n, 3]``."""
+        p, jac = _soap.soap_jacobian(system, self.sp, max_neighbors=self.cfg.max_neighbors)
+        n = system.n_atoms
+        z = jnp.where(system.atom_mask, system.species, -1)
+        same = (z[:, None] == z[None, :]) & system.atom_mask[:, None] & system.atom_mask[None, :]
+        c = p @ p.T
+        zeta = self.zeta
+        var_e = jnp.sum(jnp.where(same, jax.lax.integer_pow(c, zeta), 0.0))
+        d = jac.reshape(n, 3 * n, -1)  # [i, b, f] = ∂p̂_i/∂x_b
+        gg = jnp.einsum("ibf,kbf->ikb", d, d)
+        u = jnp.einsum("ibf,kf->ikb", d, p)  # D_i[b]·p̂_k
+        w1 = jnp.where(same, zeta * jax.lax.integer_pow(c, zeta - 1), 0.0)
+        w2 = jnp.where(same, zeta * (zeta - 1) * (jax.lax.integer_pow(c, zeta - 2)
+                                                   if zeta >= 2 else 0.0), 0.0)
+        var_f = (jnp.einsum("ik,ikb->b", w1, gg)
+                 + jnp.einsum("ik,ikb,kib->b", w2, u, u))
+        var_f = jnp.where(system.atom_mask[:, None], var_f.reshape(n, 3), 0.0)
+        return var_e, var_f
+
+
+def _init_params(kern: _Kernel, dtype=None) -> dict:
+    cfg = kern.cfg
+    m, f, s = cfg.n_sparse, kern.n_features, len(cfg.species)
+    dtype = dtype or jnp.zeros(()).dtype
+    eye = jnp.eye(m, dtype=dtype)
+    return {
+        "sparse_descriptors": jnp.zeros((m, f), dtype),
+        "sparse_species": jnp.zeros((m,), jnp.int32),
+        "weights": jnp.zeros((m,), dtype),
+        "atomic_shift": jnp.zeros((s,), dtype),
+        "chol_kmm": eye,
+        "chol_a": eye,
+        "delta2": jnp.ones((), dtype),
+    }
+
+
+def _energy_fn(kern: _Kernel):
+    def energy(params, system: System) -> jax.Array:
+        idx, unknown = species_index(kern.table, system.species, system.atom_mask)
+        row = kern.energy_row(system, params["sparse_descriptors"], params["sparse_species"])
+        shift = jnp.where(system.atom_mask, params["atomic_shift"][idx], 0.0)
+        e = row @ params["weights"] + jnp.sum(shift)
+        return jnp.where(jnp.any(unknown), jnp.nan, e)
+
+    return energy
+
+
+@register("gap")
+def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
+    """A GAP potential (fit its params with :func:`fit_gap`; ``init`` gives an empty model).
+
+    Args:
+      config: a :class:`GAPConfig`, a dict of its fields, or None.
+      **overrides: fields replacing those of ``config``.
+
+    Returns:
+      A :class:`~jaxpot.Potential`; ``energy(params, system)`` is the posterior mean total
+      energy (eV), jit/vmap/grad compatible, so MD and ``energy_and_forces`` work on it.
+      Params: ``sparse_descriptors [M, F]``, ``sparse_species [M]`` (atomic numbers),
+      ``weights [M]`` (eV), ``atomic_shift [S]`` (eV), ``chol_kmm``/``chol_a [M, M]`` (Cholesky
+      factors of ``K_MM`` and ``A``) and ``delta2`` (δ², eV²).
+    """
+    cfg = _make(config, overrides)
+    kern = _Kernel(cfg)
+
+    def init(key, system):
+        del key
+        return _init_params(kern, system.positions.dtype)
+
+    return Potential(init, _energy_fn(kern), cfg.cutoff, {"name": "gap", "kwargs": cfg.to_dict()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction with variances
+# ---------------------------------------------------------------------------------------------
+
+
+def gap_predictor(potential: Potential):
+    """A jitted ``(params, system) -> (energy, energy_var, forces, forces_var)`` (see
+    :func:`gap_predict`); cached per config, so repeated calls do not compile again."""
+    import json
+
+    return _predictor(json.dumps(potential.config["kwargs"], sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _predictor(kwargs_json: str):
+    import json
+
+    kern = _Kernel(_make(json.loads(kwargs_json), {}))
+
+    def predict(params, system):
+        sparse, zs = params["sparse_descriptors"], params["sparse_species"]
+        k_e, k_f = kern.rows(system, sparse, zs)
+        d2 = params["delta2"]
+        idx, _ = species_index(kern.table, system.species, system.atom_mask)
+        shift = jnp.sum(jnp.where(system.atom_mask, params["atomic_shift"][idx], 0.0))
+        energy = k_e @ params["weights"] + shift
+        forces = k_f @ params["weights"]
+        prior_e, prior_f = kern.prior_variances(system)
+
+        def var(rows, prior):  # rows [..., M] in unit-δ kernel units
+            r = d2 * rows
+            flat = r.reshape(-1, r.shape[-1]).T  # [M, R]
+            a = jax.scipy.linalg.solve_triangular(params["chol_kmm"], flat, lower=True)
+            b = jax.scipy.linalg.solve_triangular(params["chol_a"], flat, lower=True)
+            v = d2 * prior - (jnp.sum(a * a, 0) - jnp.sum(b * b, 0)).reshape(prior.shape)
+            return jnp.maximum(v, 0.0)
+
+        f_var = jnp.where(system.atom_mask[:, None], var(k_f, prior_f), 0.0)
+        return energy, var(k_e[None], prior_e[None])[0], forces, f_var
+
+    return jax.jit(predict)
+
+
+def gap_predict(potential: Potential, params, system: System):
+    """Posterior mean and variance of a structure's energy and forces.
+
+    Args:
+      potential: a :func:`gap` potential (its config gives the descriptor and kernel).
+      params: fitted params from :func:`fit_gap`.
+      system: one unbatched structure with edges for ``potential.cutoff``.
+
+    Returns:
+      ``(energy [] eV, energy_var [] eV², forces [n_atoms, 3] eV/Å, forces_var [n_atoms, 3]
+      (eV/Å)²)``; variances are of the latent (noise-free) function, 0 on padding.
+    """
+    return gap_predictor(potential)(params, system)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GAPFitInfo:
+    """Diagnostics of :func:`fit_gap`.
+
+    Attributes:
+      n_structures: structures used; n_environments: atoms in them; n_sparse: M.
+      delta, sigma_energy, sigma_force: hyperparameters used (eV, eV/atom, eV/Å).
+      log_marginal_likelihood: of the chosen hyperparameters (DTC approximation).
+      grid: ``[(σ_E, σ_F, log ML), ...]`` when ``optimize_noise``.
+      time_s: wall time of the fit.
+    """
+
+    n_structures: int
+    n_environments: int
+    n_sparse: int
+    delta: float
+    sigma_energy: float
+    sigma_force: float
+    log_marginal_likelihood: float
+    grid: list
+    time_s: float
+
+
+def _select_fps(x: np.ndarray, m: int, rng) -> np.ndarray:
+    """Farthest-point sampling in the kernel metric ``d² = 2 − 2 p̂·p̂'`` (normalised rows)."""
+    n = x.shape[0]
+    first = int(rng.integers(n))
+    chosen = [first]
+    d = 2.0 - 2.0 * (x @ x[first])
+    for _ in range(m - 1):
+        j = int(np.argmax(d))
+        chosen.append(j)
+        d = np.minimum(d, 2.0 - 2.0 * (x @ x[j]))
+    return np.asarray(chosen)
+
+
+def _select_cur(x: np.ndarray, m: int, rng) -> np.ndarray:
+    """CUR row selection: sample rows by leverage scores of the rank-``m`` SVD."""
+    u, _, _ = np.linalg.svd(x, full_matrices=False)
+    k = min(m, u.shape[1])
+    lev = np.sum(u[:, :k] ** 2, axis=1) + 1e-12
+    return rng.choice(x.shape[0], size=m, replace=False, p=lev / lev.sum())
+
+
+def _cholesky(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower Cholesky factor of ``a``, adding diagonal jitter (1e-12 … 1e-4 of the mean
+    diagonal) only if ``a`` is numerically not positive definite; returns ``(L, a_used)``."""
+    scale = float(np.mean(np.diag(a))) or 1.0
+    for k in (None, -12, -10, -8, -6, -4):
+        b = a if k is None else a + scale * 10.0**k * np.eye(a.shape[0])
+        try:
+            return np.linalg.cholesky(b), b
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("gap: kernel matrix is not positive definite even with jitter")
+
+
+def _as_dataset(frames, cutoff: float):
+    from jaxpot import data as jdata
+
+    if isinstance(frames, jdata.Dataset):
+        return frames
+    return jdata.from_atoms(list(frames), cutoff=cutoff)
+
+
+def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float | None = None,
+            verbose: bool = False, **overrides):
+    """Fit a sparse GAP to total energies (and forces) in closed form.
+
+    Needs 64-bit JAX (it enables ``jax_enable_x64``; do that before creating arrays).
+
+    Args:
+      frames: a :class:`jaxpot.data.Dataset` or labelled ``ase.Atoms`` (energy, forces).
+      config: a :class:`GAPConfig`, dict or None; ``**overrides`` replace its fields.
+      deadline: ``time.monotonic()`` time; structures are added (in random order) only while
+        the projected accumulation time fits before it.
+      verbose: print progress to stderr.
+
+    Returns:
+      ``(potential, params, info)``: the :func:`gap` potential, its fitted params and a
+      :class:`GAPFitInfo`.
+    """
+    import sys
+
+    from ase.data import atomic_numbers
+
+    from jaxpot import data as jdata
+
+    t0 = time.monotonic()
+    jax.config.update("jax_enable_x64", True)
+    cfg = _make(config, overrides)
+    dataset = _as_dataset(frames, cfg.cutoff)
+    if dataset.cutoff + 1e-9 < cfg.cutoff:
+        raise ValueError(f"gap: data edges built for {dataset.cutoff} Å < model cutoff "
+                         f"{cfg.cutoff} Å")
+    if len(dataset) == 0:
+        raise ValueError("gap: no training structures")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(dataset))
+    if cfg.max_structures is not None:
+        order = order[: cfg.max_structures]
+    structures = [dataset[int(i)] for i in order]
+    refs = jdata.fit_element_refs(jdata.Dataset(structures, dataset.cutoff))
+    kern = _Kernel(cfg)
+    unknown = set(refs) - {int(z) for z in np.nonzero(kern.table >= 0)[0]}
+    if unknown:
+        raise ValueError(f"gap: elements {sorted(unknown)} are in the data but not in species "
+                         f"{list(cfg.species)}")
+    n_at = max(s.n_atoms for s in structures)
+    n_ed = max(max(s.n_edges for s in structures), 1)
+    systems = [s.system(n_atoms=n_at, n_edges=n_ed, dtype=jnp.float64) for s in structures]
+    desc = jax.jit(kern.descriptors)
+
+    # -- descriptors of all environments (for the sparse set), within part of the budget
+    def left():
+        return None if deadline is None else deadline - time.monotonic()
+
+    p_all, z_all, used = [], [], []
+    for k, sy in enumerate(systems):
+        p = np.asarray(desc(sy))
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"gap: {structures[k].source or f'structure {k}'} has an atom with "
+                             f"more than max_neighbors={cfg.max_neighbors} neighbours")
+        mask = np.asarray(sy.atom_mask, bool)
+        p_all.append(p[mask])
+        z_all.append(np.asarray(sy.species)[mask])
+        used.append(k)
+        if deadline is not None and k >= 2:
+            spent = time.monotonic() - t0
+            if spent > 0.1 * (deadline - t0):
+                break
+    p_all = np.concatenate(p_all)
+    z_all = np.concatenate(z_all)
+    m = min(cfg.n_sparse, p_all.shape[0])
+    if m == p_all.shape[0]:
+        chosen = np.arange(m)
+    else:
+        chosen = []
+        for z in np.unique(z_all):
+            sel = np.nonzero(z_all == z)[0]
+            m_z = max(1, int(round(m * sel.size / z_all.size)))
+            m_z = min(m_z, sel.size)
+            pick = (_select_fps if cfg.sparse_method == "fps" else _select_cur)(
+                p_all[sel], m_z, rng)
+            chosen.extend(sel[pick].tolist())
+        chosen = np.asarray(chosen[:m])
+        m = chosen.size
+    sparse = jnp.asarray(p_all[chosen])
+    sparse_z = jnp.asarray(z_all[chosen], jnp.int32)
+    same = z_all[chosen][:, None] == z_all[chosen][None, :]
+    k_mm = np.where(same, (p_all[chosen] @ p_all[chosen].T) ** cfg.zeta, 0.0)
+
+    # -- accumulate unit-δ normal-equation pieces structure by structure
+    rows_fn = jax.jit(lambda sy: kern.rows(sy, sparse, sparse_z))
+    g_e = np.zeros((m, m))
+    g_f = np.zeros((m, m))
+    b_e = np.zeros(m)
+    b_f = np.zeros(m)
+    yy_e = yy_f = logn = 0.0
+    n_e = n_f = 0
+    n_env = 0
+    resid_e = []
+    f_all = []
+    t_acc = time.monotonic()
+    n_used = 0
+    for k, (s, sy) in enumerate(zip(structures, systems, strict=True)):
+        if deadline is not None and k >= 1:
+            per = (time.monotonic() - t_acc) / k
+            if time.monotonic() + 1.5 * per + 5.0 > deadline:
+                break
+        k_e, k_f = rows_fn(sy)
+        k_e = np.asarray(k_e)
+        y = s.energy - sum(refs[int(z)] for z in s.numbers)
+        resid_e.append(y / s.n_atoms)
+        g_e += np.outer(k_e, k_e) / s.n_atoms
+        b_e += k_e * y / s.n_atoms
+        yy_e += y * y / s.n_atoms
+        logn += math.log(s.n_atoms)
+        n_e += 1
+        n_env += s.n_atoms
+        if cfg.use_forces and s.forces is not None:
+            kf = np.asarray(k_f)[: s.n_atoms].reshape(-1, m)
+            yf = np.asarray(s.forces, np.float64).reshape(-1)
+            g_f += kf.T @ kf
+            b_f += kf.T @ yf
+            yy_f += float(yf @ yf)
+            n_f += yf.size
+            f_all.append(yf)
+        n_used += 1
+        if verbose and (k + 1) % 50 == 0:
+            print(f"gap: {k + 1}/{len(structures)} structures accumulated "
+                  f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+    resid_e = np.asarray(resid_e)
+    delta = cfg.delta
+    if delta is None:
+        delta = max(float(np.std(resid_e)), 1e-3)
+        if f_all:
+            # match the prior force variance to the force labels (forces dominate the data)
+            prior = jax.jit(kern.prior_variances)
+            unit = np.mean([float(np.mean(np.asarray(prior(sy)[1])[: s.n_atoms]))
+                            for s, sy in zip(structures[:3], systems[:3], strict=False)])
+            if unit > 0:
+                delta = max(delta, math.sqrt(np.mean(np.concatenate(f_all) ** 2) / unit))
+    f_rms = float(np.sqrt(np.mean(np.concatenate(f_all) ** 2))) if f_all else 0.0
+    s_e0 = cfg.sigma_energy or max(0.01 * delta, 1e-4)
+    s_f0 = cfg.sigma_force or max(0.05 * f_rms, 1e-3)
+    d2 = delta**2
+    kmm = d2 * k_mm + cfg.jitter * d2 * np.eye(m)
+    l_mm, kmm = _cholesky(kmm)
+    logdet_kmm = 2.0 * np.sum(np.log(np.diag(l_mm)))
+
+    def solve(s_e, s_f):
+        a = kmm + d2 * d2 * (g_e / s_e**2 + (g_f / s_f**2 if n_f else 0.0))
+        b = d2 * (b_e / s_e**2 + (b_f / s_f**2 if n_f else 0.0))
+        l_a, _ = _cholesky(a)
+        z = np.linalg.solve(l_a, b)
+        alpha = np.linalg.solve(l_a.T, z)
+        yy = yy_e / s_e**2 + (yy_f / s_f**2 if n_f else 0.0)
+        logdet_lam = n_e * math.log(s_e**2) + logn + (n_f * math.log(s_f**2) if n_f else 0.0)
+        fit = yy - float(z @ z)
+        logml = -0.5 * (fit + logdet_lam + 2.0 * np.sum(np.log(np.diag(l_a))) - logdet_kmm
+                        + (n_e + n_f) * math.log(2 * math.pi))
+        return alpha, l_a, logml
+
+    grid = []
+    best = (s_e0, s_f0)
+    if cfg.optimize_noise:
+        factors = (0.25, 0.5, 1.0, 2.0, 4.0)
+        best_ml = -np.inf
+        for fe in factors:
+            for ff in factors if n_f else (1.0,):
+                try:
+                    _, _, ml = solve(s_e0 * fe, s_f0 * ff)
+                except np.linalg.LinAlgError:
+                    continue
+                grid.append((s_e0 * fe, s_f0 * ff, float(ml)))
+                if ml > best_ml:
+                    best_ml, best = ml, (s_e0 * fe, s_f0 * ff)
+        if verbose:
+            print(f"gap: marginal likelihood grid: best σ_E={best[0]:.3g} eV/atom, "
+                  f"σ_F={best[1]:.3g} eV/Å", file=sys.stderr, flush=True)
+    alpha, l_a, logml = solve(*best)
+    potential = gap(cfg)
+    params = {
+        "sparse_descriptors": sparse,
+        "sparse_species": sparse_z,
+        "weights": jnp.asarray(d2 * alpha),
+        "atomic_shift": jnp.asarray([refs.get(int(atomic_numbers[sym]), 0.0)
+                                     for sym in cfg.species], jnp.float64),
+        "chol_kmm": jnp.asarray(l_mm),
+        "chol_a": jnp.asarray(l_a),
+        "delta2": jnp.asarray(d2),
+    }
+    if m != cfg.n_sparse:
+        potential = gap(cfg, n_sparse=m)
+    info = GAPFitInfo(n_structures=n_used, n_environments=n_env, n_sparse=m, delta=delta,
+                      sigma_energy=best[0], sigma_force=best[1],
+                      log_marginal_likelihood=float(logml), grid=grid,
+                      time_s=time.monotonic() - t0)
+    if verbose:
+        print(f"gap: fitted on {n_used} structures ({n_env} environments), M={m}, "
+              f"δ={delta:.4g} eV, σ_E={best[0]:.3g} eV/atom, σ_F={best[1]:.3g} eV/Å, "
+              f"{info.time_s:.1f} s", file=sys.stderr, flush=True)
+    return potential, params, info
+
+
+# ---------------------------------------------------------------------------------------------
+# ``jaxpot train --model gap``
+# ---------------------------------------------------------------------------------------------
+
+
+def train_gap(config, train_set, valid_set, stats, *, t_start: float | None = None) -> dict:
+    """Closed-form training job for the CLI (called by :func:`jaxpot.train.train`).
+
+    Fits on ``train_set`` with :func:`fit_gap` (``config.model_kwargs`` are :class:`GAPConfig`
+    fields; cutoff, species and coordination come from the data), writes ``out/model`` and
+    ``out/config.json``, and evaluates on ``valid_set``.
+
+    Returns:
+      The same summary dict as :func:`jaxpot.train.train` (``stop_reason="closed_form"``).
+    """
+    import json
+    import os
+    import sys
+
+    from ase.data import chemical_symbols
+
+    from jaxpot.serialization import save_model
+    from jaxpot.train.checkpoint import atomic_write_bytes
+    from jaxpot.train.metrics import evaluate
+
+    t_start = time.monotonic() if t_start is None else t_start
+    deadline = (None if config.time_budget_min is None
+                else t_start + 60.0 * float(config.time_budget_min))
+    kwargs = dict(config.model_kwargs or {})
+    kwargs.setdefault("cutoff", float(config.cutoff))
+    kwargs.setdefault("species", [chemical_symbols[z] for z in sorted(stats.element_refs)])
+    kwargs.setdefault("avg_num_neighbors", float(stats.avg_num_neighbors))
+    kwargs.setdefault("seed", int(config.seed))
+    # keep about a third of the budget for validation and saving
+    fit_deadline = None if deadline is None else t_start + 0.65 * (deadline - t_start)
+    potential, params, info = fit_gap(train_set, kwargs, deadline=fit_deadline, verbose=True)
+    os.makedirs(config.out, exist_ok=True)
+    atomic_write_bytes(os.path.join(config.out, "config.json"),
+                       json.dumps(config.to_dict(), indent=2).encode())
+    vdeadline = None if deadline is None else deadline - 2.0
+    metrics = evaluate(potential, params, valid_set,
+                       batch_size=config.eval_batch_size or config.batch_size,
+                       deadline=vdeadline) if len(valid_set) else None
+    best = dict(metrics or {})
+    best["fit"] = dataclasses.asdict(info)
+    model_path = os.path.join(config.out, "model")
+    save_model(model_path, potential, params,
+               metadata={"statistics": stats.to_dict(), "valid_metrics": best,
+                         "train_config": config.to_dict(), "stop_reason": "closed_form"})
+    print(f"jaxpot train: GAP fitted in closed form; model {model_path}; "
+          f"{time.monotonic() - t_start:.1f} s", file=sys.stderr, flush=True)
+    return {"model": model_path, "best": best, "stop_reason": "closed_form", "epochs": 0,
+            "history": [], "n_traces": 0}
+
+
+gap.train = train_gap

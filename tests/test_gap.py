@@ -1,0 +1,178 @@
+"""GAP (sparse GP on SOAP): exact-GP limit, force observations, variances, physics, CLI hook."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from jaxpot import System, testing
+from jaxpot import data as jdata
+from jaxpot.descriptors import soap as jsoap
+from jaxpot.models.gap import fit_gap, gap_predict, gap_predictor
+from jaxpot.potential import energy_and_forces
+
+CUTOFF = 3.2
+SOAP = dict(cutoff=CUTOFF, n_max=3, l_max=2, sigma=0.5, max_neighbors=24)
+
+
+def _frames(n, *, rattle=0.08, seed=0, strain=0.0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", cubic=True).repeat((2, 1, 1))
+        a.set_cell(a.cell * (1.0 + strain * rng.uniform(-1, 1)), scale_atoms=True)
+        a.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        a.calc = EMT()
+        a.get_potential_energy()
+        out.append(a)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    train = jdata.from_atoms(_frames(10, seed=1, strain=0.02), cutoff=CUTOFF)
+    test = jdata.from_atoms(_frames(6, seed=2, strain=0.02), cutoff=CUTOFF)
+    return train, test
+
+
+def _padded(dataset, n_edges=None):
+    n_at = max(s.n_atoms for s in dataset)
+    n_ed = n_edges or max(s.n_edges for s in dataset) + 8
+    return [s.system(n_atoms=n_at, n_edges=n_ed) for s in dataset]
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, _ = data
+    return fit_gap(train, n_sparse=24, **SOAP)
+
+
+def test_exact_dense_gp_limit():
+    """M = all environments, energy observations: PP mean and variance = closed-form GP."""
+    # diverse environments keep K_MM well enough conditioned for jitter = 0
+    frames = _frames(6, rattle=0.3, strain=0.1, seed=11)
+    train = jdata.from_atoms(frames[:3], cutoff=CUTOFF)
+    test = jdata.from_atoms(frames[3:], cutoff=CUTOFF)
+    delta, s_e, zeta = 0.3, 0.01, 8
+    opts = dict(SOAP, n_max=4, l_max=3)
+    pot, params, info = fit_gap(train, n_sparse=10_000, use_forces=False, delta=delta,
+                                sigma_energy=s_e, zeta=zeta, jitter=0.0, **opts)
+    n_env = sum(s.n_atoms for s in train)
+    assert info.n_sparse == n_env
+    sp = jsoap.soap_params(CUTOFF, 4, 3, ["Cu"], sigma=SOAP["sigma"],
+                           cutoff_padding=0.0, smooth=True, normalize=True)
+
+    def desc(s):
+        return np.asarray(jsoap.soap(s.system(), sp, max_neighbors=24))
+
+    p_train = [desc(s) for s in train]
+    p = np.concatenate(p_train)
+    owner = np.repeat(np.arange(len(train)), [s.n_atoms for s in train])
+    lmat = (owner[None, :] == np.arange(len(train))[:, None]).astype(float)  # [S, N_env]
+    n_atoms = np.array([s.n_atoms for s in train], float)
+    e = np.array([s.energy for s in train])
+    ref, *_ = np.linalg.lstsq(n_atoms[:, None], e, rcond=None)
+    y = e - n_atoms * ref[0]
+    k_aa = delta**2 * (p @ p.T) ** zeta
+    cov = lmat @ k_aa @ lmat.T + np.diag(s_e**2 * n_atoms)
+    for s in test:
+        ps = desc(s)
+        k_s = delta**2 * (ps @ p.T) ** zeta  # [n*, N_env]
+        k_row = k_s.sum(0) @ lmat.T  # [S]
+        mean = k_row @ np.linalg.solve(cov, y) + s.n_atoms * ref[0]
+        var = delta**2 * np.sum((ps @ ps.T) ** zeta) - k_row @ np.linalg.solve(cov, k_row)
+        e_gap, v_gap, _, _ = gap_predict(pot, params, s.system())
+        np.testing.assert_allclose(float(e_gap), mean, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(float(v_gap), var, rtol=1e-5, atol=1e-9)
+        assert float(pot.energy(params, s.system())) == pytest.approx(float(e_gap), abs=1e-10)
+
+
+def test_force_rows_are_minus_energy_gradient(fitted, data):
+    pot, params, _ = fitted
+    s = data[1][0].system()
+    _, _, f_gp, f_var = gap_predict(pot, params, s)
+    _, f_ad = energy_and_forces(pot)(params, s)
+    assert np.abs(np.asarray(f_ad)).max() > 1e-3
+    np.testing.assert_allclose(np.asarray(f_gp), np.asarray(f_ad), atol=1e-10)
+    assert np.all(np.asarray(f_var) >= 0)
+
+
+def test_force_observations_reduce_force_error(data, fitted):
+    train, test = data
+    pot_e, params_e, _ = fit_gap(train, n_sparse=24, use_forces=False, **SOAP)
+    pot_f, params_f, _ = fitted
+    ef_e = jax.jit(energy_and_forces(pot_e))
+    ef_f = jax.jit(energy_and_forces(pot_f))
+    err_e, err_f = [], []
+    for s, sy in zip(test, _padded(test), strict=True):
+        err_e.append(np.abs(np.asarray(ef_e(params_e, sy)[1])[: s.n_atoms] - s.forces))
+        err_f.append(np.abs(np.asarray(ef_f(params_f, sy)[1])[: s.n_atoms] - s.forces))
+    mae_e, mae_f = np.mean(err_e), np.mean(err_f)
+    f_mean = np.mean([np.abs(s.forces).mean() for s in test])
+    assert mae_f < 0.7 * mae_e, (mae_f, mae_e)
+    assert mae_f < 0.5 * f_mean, (mae_f, f_mean)
+
+
+def test_variance_grows_far_from_data(fitted, data):
+    pot, params, _ = fitted
+    near = data[1][0].system()
+    far_atoms = _frames(1, rattle=0.35, seed=9)[0]
+    far_atoms.set_cell(far_atoms.cell * 0.93, scale_atoms=True)
+    far = System.from_ase(far_atoms, cutoff=CUTOFF)
+    _, ev_near, _, fv_near = gap_predict(pot, params, near)
+    _, ev_far, _, fv_far = gap_predict(pot, params, far)
+    assert float(ev_far) > 3 * float(ev_near)
+    assert float(jnp.mean(fv_far)) > 3 * float(jnp.mean(fv_near))
+
+
+def test_variance_ranks_force_errors(fitted, data):
+    """Spearman correlation of predicted force std with actual |error| on held-out frames."""
+    from scipy.stats import spearmanr
+
+    pot, params, _ = fitted
+    _, test = data
+    extra = jdata.from_atoms(_frames(4, rattle=0.2, seed=5), cutoff=CUTOFF)
+    frames = jdata.Dataset(list(test) + list(extra), CUTOFF)
+    predict = gap_predictor(pot)
+    std, err = [], []
+    for s, sy in zip(frames, _padded(frames), strict=True):
+        _, _, f, fv = predict(params, sy)
+        std.append(np.sqrt(np.asarray(fv)[: s.n_atoms]).reshape(-1))
+        err.append(np.abs(np.asarray(f)[: s.n_atoms] - s.forces).reshape(-1))
+    rho = spearmanr(np.concatenate(std), np.concatenate(err)).statistic
+    assert rho > 0.2, rho
+
+
+def test_physics(fitted, data):
+    pot, params, _ = fitted
+    s = data[1][1].system()
+    testing.assert_rotation_reflection_invariance(pot, params, s)
+    testing.assert_translation_invariance(pot, params, s)
+    testing.assert_permutation_invariance(pot, params, s)
+    # GAP weights make E'' large: a smaller step keeps the central-difference error ≪ tol
+    testing.assert_forces_match_finite_differences(pot, params, s, h=1e-5)
+    testing.assert_padding_invariance(pot, params, s)
+
+
+def test_noise_grid_and_cli_train(tmp_path, data):
+    import ase.io
+
+    from jaxpot.serialization import load_model
+    from jaxpot.train.loop import TrainConfig, train
+
+    path = tmp_path / "train.xyz"
+    ase.io.write(path, _frames(8, seed=3, strain=0.02))
+    cfg = TrainConfig(train=str(path), model="gap", cutoff=CUTOFF, out=str(tmp_path / "run"),
+                      valid_fraction=0.25, plots=False, stress_key=None,
+                      model_kwargs=dict(n_max=3, l_max=2, sigma=0.5, max_neighbors=24,
+                                        n_sparse=16, optimize_noise=True))
+    result = train(cfg)
+    assert result["stop_reason"] == "closed_form"
+    assert result["best"]["force_mae_mev_per_a"] < 400
+    assert len(result["best"]["fit"]["grid"]) == 25
+    pot, params = load_model(result["model"])
+    assert pot.config["name"] == "gap"
+    s = data[1][0].system()
+    assert np.isfinite(float(pot.energy(params, s)))
