@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -109,8 +110,8 @@ def _edge_arrays(s: Structure, n_pad: int, e_pad: int, dtype) -> dict:
     rcv[: s.n_edges] = s.receivers
     shf[: s.n_edges] = s.shifts
     fdtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype
-    return {"senders": jnp.asarray(snd), "receivers": jnp.asarray(rcv),
-            "shifts": jnp.asarray(shf, fdtype)}
+    put = jax.device_put  # jnp.asarray would compile a copy per new shape
+    return {"senders": put(snd), "receivers": put(rcv), "shifts": put(shf.astype(fdtype))}
 
 
 class Dataset(Sequence):
@@ -287,7 +288,7 @@ def from_atoms(
 def _structure(atoms, system: System, energy, forces, stress, where) -> Structure:
     # Geometry from the Atoms in float64 (the System may be float32); integer edge data
     # (indices, image shifts) from the System.
-    e_mask = np.asarray(system.edge_mask)
+    e_mask = np.asarray(system.senders) < system.n_atoms  # NumPy: no per-shape compile
     return Structure(
         positions=np.asarray(atoms.get_positions(), np.float64),
         numbers=np.asarray(atoms.get_atomic_numbers(), np.int32),
@@ -543,16 +544,19 @@ def collate(structures: Sequence[Structure], batch_size: int, n_atoms: int, n_ed
             has_s[k] = True
         nat[k] = n
         weight[k] = 1.0
-    f = jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype
+    f = np.dtype(jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype)
+
+    def put(x, dt=None):  # NumPy conversion + device_put: no per-shape compile
+        return jax.device_put(np.asarray(x, dt))
+
     system = System(
-        positions=jnp.asarray(pos, f), species=jnp.asarray(num), masses=jnp.asarray(mas, f),
-        atom_mask=jnp.asarray(amask), cell=jnp.asarray(cell, f), pbc=jnp.asarray(pbc),
-        senders=jnp.asarray(snd), receivers=jnp.asarray(rcv), shifts=jnp.asarray(shf, f),
+        positions=put(pos, f), species=put(num), masses=put(mas, f), atom_mask=put(amask),
+        cell=put(cell, f), pbc=put(pbc), senders=put(snd), receivers=put(rcv),
+        shifts=put(shf, f),
     )
-    return Batch(system=system, energy=jnp.asarray(energy, f), forces=jnp.asarray(forces, f),
-                 stress=jnp.asarray(stress, f), has_forces=jnp.asarray(has_f),
-                 has_stress=jnp.asarray(has_s), n_atoms=jnp.asarray(nat),
-                 weight=jnp.asarray(weight, f))
+    return Batch(system=system, energy=put(energy, f), forces=put(forces, f),
+                 stress=put(stress, f), has_forces=put(has_f), has_stress=put(has_s),
+                 n_atoms=put(nat), weight=put(weight, f))
 
 
 def _geometric(lo: int, hi: int, growth: float) -> list[int]:

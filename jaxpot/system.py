@@ -264,24 +264,23 @@ def _pack(positions, numbers, masses, cell, pbc, receivers, senders, shifts, n_p
           dtype) -> System:
     n = positions.shape[0]
     e = receivers.size
-    fdtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype
-    pos = np.zeros((n_pad, 3)); pos[:n] = positions  # noqa: E702
+    # Convert in NumPy and hand JAX finished arrays: jnp.asarray(x, dtype) would compile a
+    # conversion for every new shape (one per structure when edge counts vary).
+    fdtype = np.dtype(jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype)
+    pos = np.zeros((n_pad, 3), fdtype); pos[:n] = positions  # noqa: E702
     spc = np.zeros(n_pad, np.int32); spc[:n] = numbers  # noqa: E702
-    mas = np.ones(n_pad); mas[:n] = masses  # noqa: E702
+    mas = np.ones(n_pad, fdtype); mas[:n] = masses  # noqa: E702
     msk = np.zeros(n_pad, bool); msk[:n] = True  # noqa: E702
     snd = np.full(e_pad, n_pad, np.int32); snd[:e] = senders  # noqa: E702
     rcv = np.full(e_pad, n_pad, np.int32); rcv[:e] = receivers  # noqa: E702
-    shf = np.zeros((e_pad, 3)); shf[:e] = shifts  # noqa: E702
+    shf = np.zeros((e_pad, 3), fdtype); shf[:e] = shifts  # noqa: E702
+    # jax.device_put, not jnp.asarray: in recent JAX the latter stages a copy that compiles
+    # once per new shape, which dominated reading a dataset.
+    put = jax.device_put
     return System(
-        positions=jnp.asarray(pos, fdtype),
-        species=jnp.asarray(spc),
-        masses=jnp.asarray(mas, fdtype),
-        atom_mask=jnp.asarray(msk),
-        cell=jnp.asarray(cell, fdtype),
-        pbc=jnp.asarray(pbc, bool),
-        senders=jnp.asarray(snd),
-        receivers=jnp.asarray(rcv),
-        shifts=jnp.asarray(shf, fdtype),
+        positions=put(pos), species=put(spc), masses=put(mas), atom_mask=put(msk),
+        cell=put(np.asarray(cell, fdtype)), pbc=put(np.asarray(pbc, bool)),
+        senders=put(snd), receivers=put(rcv), shifts=put(shf),
     )
 
 
