@@ -186,26 +186,36 @@ def transformed(atoms, rot=None, shift=None, perm=None):
     return new
 
 
+def evaluate(fn, cut, atoms_list):
+    """Evaluate a descriptor on several same-size structures with one jit compilation."""
+    from jaxpot.descriptors.environment import max_neighbors
+
+    systems = [System.from_ase(a, cutoff=cut) for a in atoms_list]
+    n_e = max(s.n_edges for s in systems)
+    k = max(max_neighbors(s, cut) for s in systems)
+    f = jax.jit(lambda s: fn(s, max_neighbors=k))
+    return [np.asarray(f(s.pad(s.n_atoms, n_e))) for s in systems]
+
+
 @pytest.mark.parametrize("name", list(DESCRIPTORS))
 @pytest.mark.parametrize("periodic", [False, True])
 def test_invariances(name, periodic):
     fn, cut, parity = DESCRIPTORS[name]
     atoms = random_atoms(5, periodic=periodic)
-    base = np.asarray(fn(System.from_ase(atoms, cutoff=cut)))
-    assert np.abs(base).max() > 1e-3  # not vacuous
     perm = np.random.default_rng(0).permutation(len(atoms))
-    cases = {
-        "rotation": (transformed(atoms, rot=rotation(1)), base, 1),
-        "reflection": (transformed(atoms, rot=rotation(2, proper=False)), base, parity),
-        "translation": (transformed(atoms, shift=np.array([0.3, -1.7, 2.2])), base, 1),
-        "permutation": (transformed(atoms, perm=perm), base[perm], 1),
+    variants = {
+        "rotation": (transformed(atoms, rot=rotation(1)), None, 1),
+        "reflection": (transformed(atoms, rot=rotation(2, proper=False)), None, parity),
+        "translation": (transformed(atoms, shift=np.array([0.3, -1.7, 2.2])), None, 1),
+        "permutation": (transformed(atoms, perm=perm), perm, 1),
     }
-    for case, (new, expect, sign) in cases.items():
-        out = np.asarray(fn(System.from_ase(new, cutoff=cut)))
+    outs = evaluate(fn, cut, [atoms] + [v[0] for v in variants.values()])
+    base = outs[0]
+    assert np.abs(base).max() > 1e-3  # not vacuous (for chiral: the sign flip is not 0 == -0)
+    for (case, (_, pm, sign)), out in zip(variants.items(), outs[1:], strict=True):
+        expect = base if pm is None else base[pm]
         np.testing.assert_allclose(out, sign * expect, atol=1e-9 * max(1, np.abs(base).max()),
                                    err_msg=f"{name} {case}")
-    if parity == -1:
-        assert np.abs(base).max() > 1e-3  # the sign flip is not 0 == -0
 
 
 @pytest.mark.parametrize("name", list(DESCRIPTORS))
@@ -213,27 +223,30 @@ def test_padding_jit_and_edges_beyond_cutoff(name):
     fn, cut, _ = DESCRIPTORS[name]
     atoms = random_atoms(6, periodic=True)
     system = System.from_ase(atoms, cutoff=cut)
-    base = np.asarray(fn(system))
-    # longer edges (beyond the cutoff) contribute exactly nothing
-    longer = System.from_ase(atoms, cutoff=cut + 1.5)
-    np.testing.assert_allclose(fn(longer), base, atol=1e-12)
-    # padding atoms and edges change nothing; padding rows are exactly 0
-    padded = system.pad(system.n_atoms + 3, system.n_edges + 17)
-    out = np.asarray(fn(padded))
-    np.testing.assert_allclose(out[: len(atoms)], base, atol=1e-12)
-    assert np.all(out[len(atoms):] == 0.0)
-    # jit == eager with an explicit capacity; gradients finite with padding
     from jaxpot.descriptors.environment import max_neighbors
 
+    longer = System.from_ase(atoms, cutoff=cut + 1.5)
+    n_e = max(longer.n_edges, system.n_edges + 17)
+    padded = system.pad(system.n_atoms + 3, n_e)
     k = max_neighbors(padded, cut)
-    jitted = jax.jit(lambda s: fn(s, max_neighbors=k))(padded)
-    np.testing.assert_allclose(jitted, out, atol=1e-12)
-    grad = jax.grad(lambda x: jnp.sum(fn(padded, max_neighbors=k, positions=x) ** 2))(
+    f = jax.jit(lambda s: fn(s, max_neighbors=k))
+    out = np.asarray(f(padded))
+    base = out[: len(atoms)]
+    assert np.abs(base).max() > 1e-3
+    # padding atoms and edges change nothing (eager on the unpadded system == jit on the
+    # padded one); padding rows are exactly 0
+    np.testing.assert_allclose(fn(system), base, atol=1e-12)
+    assert np.all(out[len(atoms):] == 0.0)
+    # longer edges (beyond the cutoff) contribute exactly nothing
+    longer = longer.pad(system.n_atoms + 3, n_e)
+    np.testing.assert_allclose(np.asarray(f(longer))[: len(atoms)], base, atol=1e-12)
+    # gradients finite with padding, exactly 0 on padding atoms
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(padded, max_neighbors=k, positions=x) ** 2)))(
         padded.positions)
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
     assert np.all(np.asarray(grad)[len(atoms):] == 0.0)
     # a too-small capacity is loud (NaN), never silently truncated
-    assert np.all(np.isnan(fn(padded, max_neighbors=max(1, k - 1))))
+    assert np.all(np.isnan(jax.jit(lambda s: fn(s, max_neighbors=max(1, k - 1)))(padded)))
 
 
 def test_descriptors_smooth_across_cutoff():
