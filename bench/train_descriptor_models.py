@@ -40,8 +40,9 @@ def _subset_file(src: str, n: int | None, dst: str) -> str:
 def run_bpnn(args, train_path, valid_path, workdir) -> dict:
     from jaxpot.train.loop import TrainConfig, train
 
-    cfg = TrainConfig(train=train_path, valid=valid_path, model="bpnn", cutoff=args.cutoff,
-                      model_kwargs={"hidden": [32, 32], "n_radial": 8, "n_angular": 3},
+    cfg = TrainConfig(train=train_path, valid=valid_path, model="bpnn",
+                      cutoff=args.bpnn_cutoff,
+                      model_kwargs={"hidden": [32, 32], "n_radial": 8, "n_angular": 2},
                       batch_size=4, epochs=1000, lr=3e-3, time_budget_min=args.budget_min,
                       patience=None, out=os.path.join(workdir, "bpnn"), plots=False,
                       stress_key=None, progress=False)
@@ -100,7 +101,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", default=DEFAULT_DATA, help="folder with train.xyz, valid.xyz")
     p.add_argument("--budget-min", type=float, default=30.0, help="minutes per model")
     p.add_argument("--models", default="bpnn,gap")
-    p.add_argument("--cutoff", type=float, default=4.5, help="Å")
+    p.add_argument("--cutoff", type=float, default=4.5, help="GAP (SOAP) cutoff, Å")
+    p.add_argument("--bpnn-cutoff", type=float, default=4.0,
+                   help="BPNN (ACSF) cutoff, Å (first two fcc shells; the angular ACSF cost "
+                        "grows with the square of the neighbour count)")
     p.add_argument("--n-sparse", type=int, default=1000, help="GAP sparse points")
     p.add_argument("--n-train", type=int, default=None, help="use the first N train frames")
     p.add_argument("--n-valid", type=int, default=None, help="use the first N valid frames")
@@ -127,11 +131,14 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(res), flush=True)
         out.append(res)
     print("\nmodel  E MAE (meV/atom)  F MAE (meV/Å)  extra", file=sys.stderr)
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
     for r in out:
         extra = (f"Spearman(σ_F, |ΔF|) = {r['spearman_force_std_vs_error']:.3f} (target ≥ 0.5)"
                  if r["model"] == "gap" else f"{r['epochs']} epochs ({r['stop_reason']})")
-        print(f"{r['model']:<6} {r['energy_mae_mev_per_atom']:>16.2f} "
-              f"{r['force_mae_mev_per_a']:>14.1f}  {extra}", file=sys.stderr)
+        print(f"{r['model']:<6} {num(r['energy_mae_mev_per_atom'], '>16.2f')} "
+              f"{num(r['force_mae_mev_per_a'], '>14.1f')}  {extra}", file=sys.stderr)
     return out
 
 

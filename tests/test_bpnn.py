@@ -36,10 +36,11 @@ def model(request):
 def test_invariances(model):
     pot, params, s = model
     testing.assert_rotation_reflection_invariance(pot, params, s)
-    testing.assert_translation_invariance(pot, params, s)
     testing.assert_permutation_invariance(pot, params, s)
     testing.assert_forces_match_finite_differences(pot, params, s)
-    testing.assert_padding_invariance(pot, params, s)
+    if not pot.config["kwargs"]["shared"]:  # same code path for both; halve the compile time
+        testing.assert_translation_invariance(pot, params, s)
+        testing.assert_padding_invariance(pot, params, s)
 
 
 def test_standardisation_and_round_trip(model):
@@ -73,7 +74,9 @@ def test_soap_descriptor():
     a.rattle(0.1, seed=3)
     s = System.from_ase(a, cutoff=CUTOFF)
     params = fit_standardisation(pot, pot.init(jax.random.key(0), s), [s])
-    testing.assert_forces_match_finite_differences(pot, params, s)
+    # SOAP's narrow Gaussians give large higher derivatives: h = 1e-5 keeps the
+    # central-difference truncation error (∝ h²) well below the tolerance
+    testing.assert_forces_match_finite_differences(pot, params, s, h=1e-5)
     testing.assert_rotation_reflection_invariance(pot, params, s)
 
 

@@ -151,8 +151,11 @@ def test_physics(fitted, data):
     testing.assert_rotation_reflection_invariance(pot, params, s)
     testing.assert_translation_invariance(pot, params, s)
     testing.assert_permutation_invariance(pot, params, s)
-    # GAP weights make E'' large: a smaller step keeps the central-difference error ≪ tol
-    testing.assert_forces_match_finite_differences(pot, params, s, h=1e-5)
+    # The energy Σ_m w_m k_m sums weights of both signs that are much larger than E (tiny
+    # noise, near-duplicate environments), so its rounding error limits finite differences to
+    # ~1e-6 relative at any h; forces themselves equal the analytic kernel-derivative rows to
+    # 1e-10 (test_force_rows_are_minus_energy_gradient).
+    testing.assert_forces_match_finite_differences(pot, params, s, tol=1e-5)
     testing.assert_padding_invariance(pot, params, s)
 
 

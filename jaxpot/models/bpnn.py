@@ -65,14 +65,14 @@ _ACTIVATIONS = {"tanh": jnp.tanh, "silu": jax.nn.silu, "softplus": jax.nn.softpl
 
 
 def default_max_neighbors(avg_num_neighbors: float | None) -> int:
-    """Static neighbour capacity for an average coordination (``1.6·avg + 16``, multiple of 8).
+    """Static neighbour capacity for an average coordination (``1.4·avg + 12``, multiple of 8).
 
     Args:
       avg_num_neighbors: mean neighbours within the cutoff per atom (None: 64).
     """
     if avg_num_neighbors is None:
         return 64
-    k = 1.6 * float(avg_num_neighbors) + 16.0
+    k = 1.4 * float(avg_num_neighbors) + 12.0
     return int(8 * math.ceil(k / 8.0))
 
 
