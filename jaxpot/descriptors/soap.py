@@ -288,12 +288,13 @@ def coefficients(params: SOAPParams, vectors: jax.Array, mask: jax.Array,
         e3nn.Irreps.spherical_harmonics(params.l_max), vectors, normalize=False,
         normalization="integral",
     ).array  # [K, (L)²]
-    # per l one matrix product over neighbours: (E·n × K) @ (K × 2l+1)
-    blocks = []
-    for l in range(params.l_max + 1):
-        q = (onehot[:, :, None] * rad[:, None, l, :]).reshape(r2.shape[0], -1)  # [K, E·n]
-        blocks.append((q.T @ sh[:, l * l:(l + 1) ** 2]).reshape(n_el, params.n_max, 2 * l + 1))
-    c = jnp.concatenate(blocks, axis=-1)
+    # One matrix product over neighbours for all (e, n, l) × (l', m) — the l ≠ l' blocks are
+    # wasted flops but a single large product is faster than L small ones — then keep l = l'.
+    n_k, n_l = r2.shape[0], params.l_max + 1
+    q = (onehot[:, :, None, None] * jnp.swapaxes(rad, 1, 2)[:, None]).reshape(n_k, -1)
+    full = (q.T @ sh).reshape(n_el, params.n_max, n_l, -1)  # [E, n, L, lm]
+    lm_of = _lm_of(params)
+    c = full[:, :, lm_of, np.arange(lm_of.size)]  # [E, n, lm]
     self_c = _neighbor_coeffs(params, jnp.zeros((3,), vectors.dtype))  # [n, lm]
     own = (species_index(center_species, params.species) == jnp.arange(n_el)).astype(c.dtype)
     return c + own[:, None, None] * self_c
