@@ -29,12 +29,10 @@ import argparse
 import statistics
 import sys
 import time
-
 import warnings
 
-import numpy as np
-
 import jax
+import numpy as np
 
 jax.config.update("jax_enable_x64", False)
 warnings.filterwarnings("ignore", message="Explicitly requested dtype")
@@ -57,7 +55,8 @@ def lattice_state(n_atoms: int, seed: int = 0):
     """fcc lattice at the LJ density and MB velocities at T* (zero momentum, exact T*)."""
     k = round((n_atoms / 4) ** (1 / 3))
     if 4 * k**3 != n_atoms:
-        raise ValueError(f"N must be 4·k³ for an fcc box (4000 = 4·10³, 32000 = 4·20³); got {n_atoms}")
+        raise ValueError(
+            f"N must be 4·k³ for an fcc box (4000 = 4·10³, 32000 = 4·20³); got {n_atoms}")
     box = (n_atoms / DENSITY) ** (1 / 3)
     a = box / k
     basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
@@ -294,8 +293,8 @@ def bench_size(n, args):
         c["carry"], e = _block(c["run"](c["carry"]))
         c["times"], c["energies"] = [], [float(e)]
         print(f"  {name}: compile + first round {time.perf_counter() - t0:.1f} s", flush=True)
-    for r in range(args.repeats):  # interleaved rounds: every code sees the same load
-        for name, c in codes.items():
+    for _ in range(args.repeats):  # interleaved rounds: every code sees the same load
+        for c in codes.values():
             t0 = time.perf_counter()
             c["carry"], e = _block(c["run"](c["carry"]))
             c["times"].append(time.perf_counter() - t0)
@@ -327,7 +326,8 @@ def bench_size(n, args):
     if args.ase_steps and n <= args.ase_max_atoms:
         rate, drift, el = run_ase(positions, velocities, box, args.ase_steps)
         results["ase"] = rate
-        print(f"  {'ase VelocityVerlet+LJ':22s} {rate:10.4g} atom-steps/s  ({args.ase_steps} steps, "
+        print(f"  {'ase VelocityVerlet+LJ':22s} {rate:10.4g} atom-steps/s  "
+              f"({args.ase_steps} steps, "
               f"{el:.1f} s, rel. drift {drift:.1e}); jaxpot / ase = "
               f"{results['jaxpot (own loop)'] / rate:.0f}")
     return results
