@@ -460,8 +460,11 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
         z_all.append(np.asarray(sy.species)[mask])
         used.append(k)
         if deadline is not None and k >= 2:
+            # enough candidates (≥ 3 M environments) or a quarter of the budget spent
+            n_cand = sum(len(x) for x in p_all)
             spent = time.monotonic() - t0
-            if spent > 0.1 * (deadline - t0):
+            if (n_cand >= 3 * cfg.n_sparse and spent > 0.1 * (deadline - t0)) or (
+                    spent > 0.25 * (deadline - t0)):
                 break
     p_all = np.concatenate(p_all)
     z_all = np.concatenate(z_all)
