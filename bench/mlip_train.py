@@ -9,9 +9,9 @@ train split; r_c = 5 Å; batch size 4), ``Nequip`` + ``ForceField``, ``MSELoss``
 weights: energy 1, forces 25), ``get_default_mlip_optimizer`` (AMSGrad, lr 0.01, gradient
 clipping; the MACE-torch recipe), parameter EMA 0.99, and mlip's jitted ``make_train_step``.
 The training loop runs until its wall-time budget is spent (checked every 10 steps, every step
-with ``--quick``; the first step's compilation counts, reading the data and building the graphs
-before it do not, nor does the final evaluation), then the EMA parameters are evaluated on the
-validation file.
+with ``--quick``). The budget covers the training steps after the first one: reading the data,
+building the graphs, compiling the train step (the first step) and the final evaluation are
+timed and reported separately. Then the EMA parameters are evaluated on the validation file.
 
 Model (the project's reference run): 2 layers, ``l_max`` 2, node irreps
 ``16x0e + 16x0o + 8x1o + 8x1e + 4x2e + 4x2o``, 8 Bessel functions, radial MLP 64-64.
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     check_every = 1 if args.quick else 10
     t_compile = None
     t_loop = time.perf_counter()
-    deadline = t_loop + budget  # the budget is the training loop's (first compile included)
+    deadline = None  # set after the first (compiling) step: the budget is for training steps
     stop = False
     while not stop:
         for graph in train_ds:
@@ -151,6 +151,7 @@ def main(argv=None) -> dict:
             if t_compile is None:
                 jax.block_until_ready(metrics["loss"])
                 t_compile = time.perf_counter() - t0
+                deadline = time.perf_counter() + budget
             if n_steps % check_every == 0:
                 jax.block_until_ready(metrics["loss"])  # bound the async dispatch queue
                 if time.perf_counter() > deadline:
@@ -166,7 +167,7 @@ def main(argv=None) -> dict:
         if time.perf_counter() > deadline:
             stop = True
     jax.block_until_ready(state.params)
-    t_train = time.perf_counter() - t_loop
+    t_train = time.perf_counter() - t_loop - t_compile
 
     t0 = time.perf_counter()
     params = get_debiased_params(state.ema_state, decay)
@@ -185,7 +186,7 @@ def main(argv=None) -> dict:
         "epochs_completed": epochs,
         "data_s": t_data,
         "first_step_compile_s": t_compile,
-        "train_s": t_train,
+        "train_s_after_compile": t_train,
         "eval_s": time.perf_counter() - t0,
         "total_s": time.perf_counter() - t_start,
         "params_evaluated": "EMA (decay 0.99, debiased)",
