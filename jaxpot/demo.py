@@ -58,7 +58,7 @@ def make_copper_dataset(
         MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
         Stationary(atoms)
         dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temp, friction=0.02,
-                       rng=np.random.default_rng(seed * 1000 + k))
+                       fixcm=False, rng=np.random.default_rng(seed * 1000 + k))
         dyn.run(5 * stride)  # short equilibration
         for _ in range(per):
             dyn.run(stride)
@@ -137,7 +137,7 @@ def run_demo(
 
 def _demo_model_kwargs(model: str) -> dict:
     if model in ("nequip", "mace"):
-        return {"num_layers": 2, "l_max": 1}
+        return {"num_layers": 2, "l_max": 1, "features": "16x0e+16x1o"}
     return {}
 
 
