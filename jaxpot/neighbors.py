@@ -505,7 +505,7 @@ def _build_cell(spec: NeighborSpec, positions, cell, atom_mask):
 
 
 def rebuild(neighbors: Neighbors, system) -> Neighbors:
-    """Rebuild the list from ``system.positions`` (jittable). Sets ``overflow`` if it did not fit."""
+    """Rebuild the list from ``system.positions`` (jittable); set ``overflow`` if it did not fit."""
     spec = neighbors.spec
     positions, cell, atom_mask = system.positions, system.cell, system.atom_mask
     n = positions.shape[0]

@@ -117,10 +117,10 @@ def sum_potentials(*terms: Potential, **kw) -> Potential:
 
     def init(key, system):
         subkeys = jax.random.split(key, len(terms))
-        return {k: t.init(sk, system) for k, t, sk in zip(keys, terms, subkeys)}
+        return {k: t.init(sk, system) for k, t, sk in zip(keys, terms, subkeys, strict=True)}
 
     def energy(params, system):
-        return sum(t.energy(params[k], system) for k, t in zip(keys, terms))
+        return sum(t.energy(params[k], system) for k, t in zip(keys, terms, strict=True))
 
     return Potential(
         init=init,

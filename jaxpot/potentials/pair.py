@@ -247,7 +247,9 @@ def lennard_jones(sigma: float, epsilon: float, cutoff: float, *, shift: bool = 
       ['epsilon', 'sigma']
     """
     if cutoff <= 0 or sigma <= 0:
-        raise ValueError(f"lennard_jones: sigma and cutoff must be positive (got {sigma}, {cutoff})")
+        raise ValueError(
+            f"lennard_jones: sigma and cutoff must be positive (got {sigma}, {cutoff})"
+        )
 
     def init(key, system):
         return {"sigma": jnp.asarray(sigma), "epsilon": jnp.asarray(epsilon)}
