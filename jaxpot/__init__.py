@@ -16,6 +16,17 @@ from jaxpot.system import System, stack, unstack
 
 __version__ = "0.1.0"
 
+# Heavier submodules load on first use (``jaxpot.md`` imports JAX MD, which takes seconds).
+_LAZY = ("md", "models", "descriptors", "data", "train", "testing", "io", "ase", "nn", "demo")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"jaxpot.{name}")
+    raise AttributeError(f"module 'jaxpot' has no attribute {name!r}")
+
 __all__ = [
     "Potential",
     "System",

@@ -47,3 +47,18 @@ def test_nve_lj(tmp_path):
     # 10 steps of 5 fs at 120 K: the NVE energy is conserved to far better than 1 meV/atom.
     assert 0.0 <= summary["nve_max_drift_ev_per_atom"] < 1e-3
     assert summary["nve_atom_steps_per_s"] > 0
+
+
+def test_chirality_chfclbr():
+    out = _load("chirality_chfclbr").main()
+    # ACSF and SOAP are blind to the mirror image; the chiral pseudoscalars are not.
+    assert out["ACSF"][1] > 0 and out["SOAP"][1] > 0
+    assert out["ACSF"][0] < 1e-10 * out["ACSF"][1]
+    assert out["SOAP"][0] < 1e-10 * out["SOAP"][1]
+    assert out["chiral"][0] > 0.5 * out["chiral"][1]
+
+
+@pytest.mark.slow
+def test_ntk_width():
+    results = _load("ntk_width").main(steps=40, widths=(8, 64), n_train=4, n_test=3)
+    assert len(results) == 2
