@@ -133,7 +133,7 @@ def run_demo(
     print(
         f"done in {summary['wall_s']:.0f} s: energy MAE {metrics['energy_mae_mev_per_atom']:.2f} "
         f"meV/atom, force MAE {metrics['force_mae_mev_per_a']:.1f} meV/Å, NVE drift "
-        f"{md_summary['energy_drift_ev_per_atom_per_ps'] * 1e3:.3f} meV/atom/ps; "
+        f"{md_summary['energy_drift_ev_per_atom_per_ps'] * 1e3:.2e} meV/atom/ps; "
         f"outputs in {out}/"
     )
     return summary
