@@ -292,57 +292,6 @@ _CELL_TOL = 1e-5  # relative slack in the deformed-cell checks, so float32 round
 _STENCIL = np.array(list(itertools.product((-1, 0, 1), repeat=3)), np.int32)
 
 
-def _candidates_cell(spec: NeighborSpec, positions, cell, atom_mask):
-    n = positions.shape[0]
-    pbc = jnp.asarray(spec.pbc)
-    grid = jnp.asarray(spec.grid, jnp.int32)
-    box = jnp.where(pbc[:, None], cell, jnp.asarray(np.asarray(spec.box), cell.dtype))
-    origin = jnp.asarray(np.asarray(spec.origin), positions.dtype)
-    box_inv = jnp.linalg.inv(box)
-    frac = (positions - origin) @ box_inv
-    # Bins must stay at least cutoff+skin wide for the 27-bin stencil; a cell deformed since
-    # allocate (NPT, strain) can make them narrower: flag it, never miss pairs.
-    reach = (spec.cutoff + spec.skin) * jnp.linalg.norm(box_inv, axis=0) * grid
-    cell_overflow = jnp.any(pbc & (reach > 1.0 + _CELL_TOL))
-    image = jnp.where(pbc, jnp.floor(frac), 0.0)
-    fw = frac - image
-    outside = jnp.any(~pbc & ((fw < 0) | (fw >= 1)), axis=1) & atom_mask
-    bin3 = jnp.clip(jnp.floor(fw * grid).astype(jnp.int32), 0, grid - 1)
-    n_bins = int(np.prod(spec.grid))
-    flat = (bin3[:, 0] * grid[1] + bin3[:, 1]) * grid[2] + bin3[:, 2]
-    flat = jnp.where(atom_mask, flat, n_bins)  # padding atoms go to a dump bin
-    order = jnp.argsort(flat)
-    sorted_bins = flat[order]
-    start = jnp.searchsorted(sorted_bins, jnp.arange(n_bins + 1, dtype=flat.dtype))
-    rank = jnp.arange(n, dtype=jnp.int32) - start[sorted_bins].astype(jnp.int32)
-    k = spec.bin_capacity
-    bin_atoms = jnp.full((n_bins + 1, k), n, jnp.int32)
-    bin_atoms = bin_atoms.at[sorted_bins, rank].set(order.astype(jnp.int32), mode="drop")
-    counts = jnp.diff(start)[:n_bins]
-    bin_overflow = jnp.max(counts) > k
-
-    stencil = jnp.asarray(_STENCIL)
-    nb3 = bin3[:, None, :] + stencil[None, :, :]  # [n, 27, 3]
-    wrap = jnp.where(pbc, jnp.floor_divide(nb3, grid), 0)
-    nb3w = nb3 - wrap * grid
-    in_range = jnp.all((nb3w >= 0) & (nb3w < grid), axis=-1)
-    nb_flat = (nb3w[..., 0] * grid[1] + nb3w[..., 1]) * grid[2] + nb3w[..., 2]
-    nb_flat = jnp.where(in_range, nb_flat, n_bins)
-    cand = bin_atoms[nb_flat]  # [n, 27, k]
-    s_w = jnp.broadcast_to(wrap[:, :, None, :], cand.shape + (3,)).astype(positions.dtype)
-    cand = cand.reshape(n, -1)
-    s_w = s_w.reshape(n, -1, 3)
-    cand_c = jnp.minimum(cand, n - 1)
-    shift = s_w + image[:, None, :] - image[cand_c]
-    d = positions[cand_c] - positions[:, None, :] + shift @ cell
-    is_self = (cand == jnp.arange(n)[:, None]) & jnp.all(shift == 0, axis=-1)
-    # Stencil cells outside a non-periodic box map to the dump bin, which holds the padding
-    # atoms: mask candidates by atom_mask too, or padding atoms near a real one become edges.
-    valid = (cand < n) & atom_mask[:, None] & atom_mask[cand_c] & ~is_self
-    return d, cand, shift, valid, bin_overflow | jnp.any(outside) | cell_overflow
-
-
-
 # Cell-list rebuild without scatters or cumulative sums over the candidates (they dominate on
 # CPU): one fused pass computes every candidate distance and packs the in-range flags of each
 # atom into 32-bit words; the first ``max_neighbors`` set bits of each atom's row are then
