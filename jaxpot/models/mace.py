@@ -36,13 +36,14 @@ import flax.linen as nn
 import jax
 
 from jaxpot.models.nequip import (
+    NequIPConfig,
     _make,
     hidden_irreps,
     sh_irreps,
     spherical_harmonics,
 )
 from jaxpot.nn.atomic import AtomicModel
-from jaxpot.nn.embedding import SpeciesEmbedding, normalize_species, species_table
+from jaxpot.nn.embedding import SpeciesEmbedding, species_table
 from jaxpot.nn.interaction import EdgeConvolution
 from jaxpot.nn.radial import edge_geometry, radial_embedding
 from jaxpot.nn.symmetric_contraction import SymmetricContraction
@@ -53,70 +54,33 @@ __all__ = ["MACEConfig", "MACENet", "mace", "mace_atomic_energies"]
 
 
 @dataclasses.dataclass(frozen=True)
-class MACEConfig:
+class MACEConfig(NequIPConfig):
     """Hyperparameters of :func:`mace` (all JSON-serialisable).
 
+    The fields of :class:`~jaxpot.models.NequIPConfig` (cutoff, species, features, num_layers,
+    l_max, parity, num_bessel, envelope_p, radial_hidden, avg_num_neighbors, readout_hidden,
+    scale, shift), with these differences:
+
     Attributes:
-      cutoff: r_c in Å; edges at or beyond it contribute exactly 0.
-      species: elements the model knows (symbols or atomic numbers; ``None`` = all 118).
       features: hidden node irreps of the inner layers, e.g. ``"32x0e+32x1o+32x2e"``; every
         irrep must have the same multiplicity C (the number of channels).
-      num_layers: MACE layers (≥ 1).
       l_max: largest degree of the edge spherical harmonics (and of the atomic basis A).
       correlation: order ν of the symmetric contraction (body order ν + 1).
-      parity: O(3) (True) or SO(3) only (False).
-      num_bessel: Bessel functions in the radial basis.
-      envelope_p: order p of the polynomial envelope.
-      radial_hidden: hidden widths of the radial MLP.
       avg_num_neighbors: the atomic basis is divided by it; set it from the training data
         (:func:`jaxpot.models.average_num_neighbors`).
       readout_hidden: width of the last layer's readout MLP.
-      scale, shift: initial per-species ``atomic_scale`` / ``atomic_shift`` (eV).
     """
 
-    cutoff: float = 5.0
-    species: Sequence[str | int] | None = None
-    features: str = "32x0e+32x1o+32x2e"
-    num_layers: int = 2
-    l_max: int = 2
     correlation: int = 3
-    parity: bool = True
-    num_bessel: int = 8
-    envelope_p: int = 6
-    radial_hidden: Sequence[int] = (64, 64)
-    avg_num_neighbors: float = 16.0
-    readout_hidden: int = 16
-    scale: float = 1.0
-    shift: float = 0.0
 
     def validated(self):
         """A normalised copy (species as symbols, tuples) or ``ValueError``."""
-        from jaxpot.models.nequip import _all_elements
-
-        species = normalize_species(_all_elements() if self.species is None else self.species)
-        if self.cutoff <= 0:
-            raise ValueError(f"cutoff must be positive, got {self.cutoff}")
-        if self.num_layers < 1 or self.l_max < 0 or self.num_bessel < 1 or self.correlation < 1:
-            raise ValueError("num_layers, num_bessel, correlation must be >= 1 and l_max >= 0")
-        if self.avg_num_neighbors <= 0:
-            raise ValueError(f"avg_num_neighbors must be positive, got {self.avg_num_neighbors}")
+        if self.correlation < 1:
+            raise ValueError(f"correlation must be >= 1, got {self.correlation}")
         features = e3nn.Irreps(self.features).simplify()
         if len({mul for mul, _ in features}) != 1:
             raise ValueError(f"MACE features need one multiplicity for all irreps, got {features}")
-        if not any(ir.l == 0 and ir.p == 1 for _, ir in features):
-            raise ValueError(f"features {self.features} need even scalars (0e)")
-        return dataclasses.replace(
-            self, species=tuple(species), radial_hidden=tuple(int(w) for w in self.radial_hidden),
-            cutoff=float(self.cutoff), avg_num_neighbors=float(self.avg_num_neighbors),
-            features=str(features), scale=float(self.scale), shift=float(self.shift),
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable kwargs."""
-        d = dataclasses.asdict(self.validated())
-        d["species"] = list(d["species"])
-        d["radial_hidden"] = list(d["radial_hidden"])
-        return d
+        return dataclasses.replace(super().validated(), features=str(features))
 
 
 class MACELayer(nn.Module):
