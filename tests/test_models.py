@@ -241,3 +241,17 @@ def test_average_num_neighbors():
     assert models.average_num_neighbors([system], CUTOFF) == pytest.approx(12.0)
     skin = system.with_edges(CUTOFF + 1.0)
     assert models.average_num_neighbors([skin], CUTOFF) == pytest.approx(12.0)
+
+
+def test_nequip_both_parities_all_irreps():
+    """Features with both parities and several multiplicities (the mlip reference layout):
+    the second layer's inputs include irreps the first produced none of (a zero block in
+    e3nn-jax). The model builds, gives non-zero forces and is E(3)-invariant/equivariant."""
+    jax.config.update("jax_enable_x64", True)
+    kw = {**TINY, "features": "4x0e+4x0o+2x1o+2x1e+2x2e+2x2o", "l_max": 2}
+    pot = models.nequip(**kw)
+    system = System.from_ase(_cell(), cutoff=CUTOFF)
+    params = pot.init(jax.random.key(1), system)
+    _, f = jaxpot.energy_and_forces(pot)(params, system)
+    assert float(jnp.max(jnp.abs(f))) > 1e-6
+    testing.assert_rotation_reflection_invariance(pot, params, system, seed=5)

@@ -331,3 +331,36 @@ def test_cli_sigkill_and_resume_equals_uninterrupted(tmp_path):
         return [[c for k, c in enumerate(r.split(",")) if k != 2] for r in lines]  # no time_s
 
     assert rows("a") == rows("b") and len(rows("a")) > 2
+
+
+def test_budget_schedule_follows_steps_or_time():
+    """Without a deadline BudgetSchedule is optax's warm-up + cosine; with one it decays over
+    the time left (reaching the final rate at the end), never goes back up, and a resumed
+    schedule continues from its saved progress."""
+    ref = train.make_schedule(1e-2, total_steps=200, warmup_steps=10, final_lr_fraction=0.01)
+    sch = train.BudgetSchedule(1e-2, total_steps=200, warmup_steps=10, final_lr_fraction=0.01)
+    for k in (0, 5, 10, 11, 50, 120, 199):
+        assert sch(k) == pytest.approx(float(ref(k)), rel=1e-5, abs=1e-12)
+    assert 0 < float(ref(5)) < float(ref(10)) and sch.progress == pytest.approx(189 / 190)
+
+    # A budget far shorter than the steps: decay follows the clock, not the step count.
+    sch = train.BudgetSchedule(1e-2, total_steps=10_000, warmup_steps=2,
+                               final_lr_fraction=0.01)
+    t0 = 100.0
+    rates = [sch(2 + k, now=t0 + k, t_end=t0 + 10.0) for k in range(12)]
+    assert rates[0] == pytest.approx(1e-2)
+    assert rates[5] == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 0.5))))
+    assert rates[10] == pytest.approx(1e-4) and rates[11] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    # The step schedule alone would still be near the peak here.
+    assert float(ref(12)) > 0.9e-2
+    # A later, longer deadline estimate never raises the rate again.
+    assert sch(20, now=t0 + 11, t_end=t0 + 100.0) == pytest.approx(1e-4)
+
+    # Resume: progress 0.5 carried over, the remaining half spread over the new budget.
+    res = train.BudgetSchedule(1e-2, total_steps=10_000, warmup_steps=2,
+                               final_lr_fraction=0.01, progress=0.5)
+    mid = 1e-2 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 0.5)))
+    assert res(500, now=0.0, t_end=20.0) == pytest.approx(mid)
+    assert res(501, now=10.0, t_end=20.0) == pytest.approx(
+        1e-2 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 0.75))))

@@ -115,7 +115,10 @@ def split_channels(x: e3nn.IrrepsArray) -> tuple[list[jax.Array], e3nn.Irreps]:
     muls = {mul for mul, _ in x.irreps}
     if len(muls) != 1:
         raise ValueError(f"expected a single multiplicity, got irreps {x.irreps}")
-    arrays = [jnp.swapaxes(c, -1, -2) for c in x.chunks]
+    # e3nn-jax keeps a structurally zero block as ``None`` (e.g. an irrep that no path of the
+    # previous layer produced): materialise it.
+    arrays = [jnp.zeros(x.shape[:-1] + (ir.dim, mul), x.dtype) if c is None
+              else jnp.swapaxes(c, -1, -2) for c, (mul, ir) in zip(x.chunks, x.irreps, strict=True)]
     return arrays, e3nn.Irreps([(1, ir) for _, ir in x.irreps])
 
 

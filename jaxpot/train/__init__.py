@@ -31,7 +31,13 @@ from jaxpot.train.loss import (
 )
 from jaxpot.train.metrics import evaluate, metrics_from_sums
 from jaxpot.train.plots import save_plots
-from jaxpot.train.state import TrainState, ema_update, make_optimizer, make_schedule
+from jaxpot.train.state import (
+    BudgetSchedule,
+    TrainState,
+    ema_update,
+    make_optimizer,
+    make_schedule,
+)
 from jaxpot.train.step import make_eval_step, make_train_step
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "loss_terms",
     "make_eval_step",
     "make_loss_fn",
+    "BudgetSchedule",
     "make_optimizer",
     "make_schedule",
     "make_train_step",

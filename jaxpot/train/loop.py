@@ -27,7 +27,7 @@ from jaxpot.potential import Potential, from_config
 from jaxpot.train.checkpoint import load_checkpoint, save_checkpoint
 from jaxpot.train.loss import LossWeights, default_weights, with_element_refs
 from jaxpot.train.metrics import evaluate
-from jaxpot.train.state import TrainState, make_optimizer
+from jaxpot.train.state import BudgetSchedule, TrainState, make_optimizer
 from jaxpot.train.step import make_eval_step, make_train_step
 
 __all__ = ["TrainConfig", "FitResult", "fit", "train", "attach_element_refs", "build_model"]
@@ -56,7 +56,8 @@ class TrainConfig:
       epochs: maximum number of epochs.
       lr: peak learning rate.
       warmup_epochs: linear warm-up length (epochs, may be fractional).
-      decay: ``cosine``, ``exponential`` or ``constant`` after warm-up.
+      decay: ``cosine``, ``exponential`` or ``constant`` after warm-up, over whichever runs
+        out first, the epochs or the time budget (:class:`~jaxpot.train.BudgetSchedule`).
       final_lr_fraction: final / peak learning rate.
       optimizer: ``adam`` or ``adamw``; weight_decay for adamw.
       clip_norm: global gradient-norm clip (0/None disables).
@@ -243,11 +244,15 @@ def fit(
     vloader = jdata.BatchLoader(valid_data, config.eval_batch_size or config.batch_size,
                                 shapes=shapes, shuffle=False, dtype=dtype)
     steps_per_epoch = len(loader)
-    optimizer, schedule = make_optimizer(
-        config.lr, total_steps=config.epochs * steps_per_epoch,
-        warmup_steps=int(round(config.warmup_epochs * steps_per_epoch)), decay=config.decay,
-        final_lr_fraction=config.final_lr_fraction, clip_norm=config.clip_norm,
+    # The optimiser runs at unit rate; the step multiplies its updates by the rate the
+    # schedule gives on the host, so the decay can follow the time budget (BudgetSchedule).
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    optimizer, _ = make_optimizer(
+        1.0, total_steps=1, decay="constant", clip_norm=config.clip_norm,
         name=config.optimizer, weight_decay=config.weight_decay)
+    schedule = BudgetSchedule(config.lr, total_steps=config.epochs * steps_per_epoch,
+                              warmup_steps=warmup_steps, decay=config.decay,
+                              final_lr_fraction=config.final_lr_fraction)
     if frozen:
         import optax
 
@@ -255,9 +260,7 @@ def fit(
         mask = jax.tree_util.tree_map_with_path(
             lambda path, _: tuple(getattr(k, "key", k) for k in path) in frozen_set, params)
         optimizer = optax.chain(optimizer, optax.masked(optax.set_to_zero(), mask))
-    opt_key = (config.lr, config.epochs * steps_per_epoch,
-               int(round(config.warmup_epochs * steps_per_epoch)), config.decay,
-               config.final_lr_fraction, config.clip_norm, config.optimizer, config.weight_decay,
+    opt_key = (config.clip_norm, config.optimizer, config.weight_decay,
                tuple(sorted(tuple(p) for p in frozen or ())))
     train_step, eval_step = _compiled_steps(
         potential, optimizer, opt_key, weights, config.ema_decay,
@@ -281,6 +284,7 @@ def fit(
                              "or batch size); use --restart")
         meta.update(saved)
         meta["stop_reason"] = None
+        schedule.progress = float(meta.get("lr_progress", 0.0))
 
     history: list[dict] = meta["history"]
     best = meta["best"]
@@ -298,6 +302,13 @@ def fit(
         # Not measured yet: an evaluation step (forces and maybe stress) can take longer to
         # compile than the train step, hence the factor 2.
         return 2.0 * len(vloader.used_shapes) * t_compile + len(vloader) * t_step
+
+    def train_end() -> float | None:
+        """When the last step must finish: the deadline less the final validation, the
+        checkpoint and the reserve (None without a budget)."""
+        if deadline is None:
+            return None
+        return deadline - eval_estimate() - t_ckpt - reserve_s
 
     def out_of_time(shape) -> bool:
         if deadline is None:
@@ -326,11 +337,12 @@ def fit(
         if checkpoint_path is None:
             return
         t0 = time.monotonic()
-        meta.update(history=history, best=best)
+        meta.update(history=history, best=best, lr_progress=schedule.progress)
         save_checkpoint(checkpoint_path, st, bp, meta)
         t_ckpt = time.monotonic() - t0
 
     n_steps_taken = 0
+    lr = schedule.lr
     epoch = int(meta["epoch"])
     if meta.get("early_stopped"):
         stop_reason = "early_stopping"
@@ -353,7 +365,8 @@ def fit(
                 meta["batch"] = start + j
                 break
             t0 = time.monotonic()
-            state, m = train_step(state, batch)
+            lr = schedule(int(state.step), t0, train_end())
+            state, m = train_step(state, batch, np.asarray(lr, np.float32))
             loss = _to_float(m["loss"])  # also waits for the step to finish
             dt = time.monotonic() - t0
             if shape in compiled:
@@ -400,7 +413,7 @@ def fit(
             checkpoint(state, best_params)
             break
         row = {"epoch": epoch + 1, "step": int(state.step), "time_s": time.monotonic() - t_start,
-               "lr": float(schedule(int(state.step))),
+               "lr": lr,
                "train_loss": accum["loss_sum"] / max(accum["n"], 1.0),
                "valid_loss": m["loss"], **m}
         history.append(row)

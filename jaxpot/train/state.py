@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-__all__ = ["TrainState", "make_optimizer", "make_schedule", "ema_update"]
+__all__ = ["TrainState", "make_optimizer", "make_schedule", "BudgetSchedule", "ema_update"]
 
 
 @struct.dataclass
@@ -100,6 +101,74 @@ def make_optimizer(lr: float = 1e-3, *, total_steps: int, warmup_steps: int = 0,
     if clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(float(clip_norm)), opt)
     return opt, schedule
+
+
+class BudgetSchedule:
+    """A learning-rate schedule that ends when the steps *or* the wall-time budget run out.
+
+    A schedule planned over ``total_steps`` never decays when a time budget stops the run
+    after a fraction of those steps; this one decays over whichever runs out first. After a
+    linear warm-up of ``warmup_steps`` the rate follows the decay law of the progress
+
+        q = max(q_steps, q_time),   q_steps = (step - warmup) / (total - warmup),
+        q_time = q_a + (1 - q_a) (t - t_a) / (t_end - t_a),
+
+    where ``(t_a, q_a)`` is the anchor (the end of the warm-up, or the point a resumed run
+    starts from) and ``t_end`` the time at which training must stop (the caller passes it
+    each time, as its estimate of the remaining evaluation cost changes). ``q`` never
+    decreases. Without a deadline the schedule is the step schedule of :func:`make_schedule`.
+
+    The state that matters for resuming is :attr:`progress`; a resumed run re-anchors there.
+
+    Args:
+      lr: peak learning rate.
+      total_steps: steps of the whole run (warm-up included).
+      warmup_steps: linear warm-up steps (from 0).
+      decay: ``"cosine"``, ``"exponential"`` or ``"constant"``.
+      final_lr_fraction: rate at ``q = 1`` over the peak rate.
+      progress: starting progress (from a checkpoint).
+    """
+
+    def __init__(self, lr: float, *, total_steps: int, warmup_steps: int = 0,
+                 decay: str = "cosine", final_lr_fraction: float = 0.01,
+                 progress: float = 0.0):
+        if decay not in ("cosine", "exponential", "constant"):
+            raise ValueError(f"unknown decay {decay!r}; use 'cosine', 'exponential' or "
+                             "'constant'")
+        self.lr = float(lr)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps - 1)
+        self.decay = decay
+        self.final = float(final_lr_fraction)
+        self.progress = float(progress)
+        self._anchor: tuple[float, float] | None = None
+
+    def _law(self, q: float) -> float:
+        q = min(max(q, 0.0), 1.0)
+        if self.decay == "cosine":
+            return self.lr * (self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * q)))
+        if self.decay == "exponential":
+            return self.lr * self.final ** q
+        return self.lr
+
+    def __call__(self, step: int, now: float | None = None, t_end: float | None = None
+                 ) -> float:
+        """The rate for optimiser step ``step`` (0-based) at time ``now`` (monotonic s)."""
+        step = int(step)
+        if step < self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        q = (step - self.warmup_steps) / span
+        if now is not None and t_end is not None:
+            if self._anchor is None:
+                self._anchor = (float(now), self.progress)
+            t_a, q_a = self._anchor
+            if t_end > t_a:
+                q = max(q, q_a + (1.0 - q_a) * (now - t_a) / (t_end - t_a))
+            else:
+                q = 1.0
+        self.progress = max(self.progress, min(q, 1.0))
+        return self._law(self.progress)
 
 
 def ema_update(ema, params, step, decay: float):

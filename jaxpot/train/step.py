@@ -29,6 +29,11 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
       ema_decay: decay of the parameter EMA (0 disables averaging: EMA = params).
       jit: compile (default) or run eagerly (debugging).
 
+    The step also takes an optional third argument ``lr``: a scalar that multiplies the
+    optimiser's updates. :func:`jaxpot.train.fit` builds its optimiser with a unit learning
+    rate and passes the scheduled rate here, so the schedule can follow the wall-time budget
+    (known only on the host) without recompiling.
+
     Returns:
       The step function; ``metrics`` holds ``loss``, the terms ``energy``, ``forces``,
       ``stress``, ``grad_norm`` and ``n_structures`` (real structures in the batch).
@@ -36,10 +41,12 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
     loss_fn = make_loss_fn(potential, weights)
     counter = {"n": 0}
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, lr=None):
         counter["n"] += 1
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if lr is not None:
+            updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, state.step, ema_decay)
         key = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.key))[0])
@@ -55,8 +62,8 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
     class _Step:
         """The step function with a trace counter."""
 
-        def __call__(self, state, batch):
-            return fn(state, batch)
+        def __call__(self, state, batch, lr=None):
+            return fn(state, batch) if lr is None else fn(state, batch, lr)
 
         @property
         def n_traces(self) -> int:
