@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from jaxpot import System, testing
 from jaxpot import data as jdata
 from jaxpot.descriptors import soap as jsoap
-from jaxpot.models.gap import fit_gap, gap_predict, gap_predictor
+from jaxpot.models.gap import fit_gap, gap_predict, gap_predictor, gap_uncertainty_report
 from jaxpot.potential import energy_and_forces
 
 CUTOFF = 3.2
@@ -128,21 +128,31 @@ def test_variance_grows_far_from_data(fitted, data):
 
 
 def test_variance_ranks_force_errors(fitted, data):
-    """Spearman correlation of predicted force std with actual |error| on held-out frames."""
+    """Spearman correlation of predicted force std with actual |error| on held-out frames
+    (gap_uncertainty_report), and the report's own figures checked against a direct count."""
     from scipy.stats import spearmanr
 
-    pot, params, _ = fitted
+    pot, params, info = fitted
     _, test = data
     extra = jdata.from_atoms(_frames(4, rattle=0.2, seed=5), cutoff=CUTOFF)
     frames = jdata.Dataset(list(test) + list(extra), CUTOFF)
+    rep = gap_uncertainty_report(pot, params, frames, sigma_force=info.sigma_force)
+    assert rep["n_frames"] == len(frames)
+    assert rep["spearman_component"] > 0.2, rep
+    assert rep["spearman_atom"] > 0.2, rep
+    # The frames rattled 2.5x harder are both the most uncertain and the worst predicted.
+    assert rep["spearman_structure"] > 0.5, rep
     predict = gap_predictor(pot)
-    std, err = [], []
+    std, err, cov = [], [], []
     for s, sy in zip(frames, _padded(frames), strict=True):
         _, _, f, fv = predict(params, sy)
         std.append(np.sqrt(np.asarray(fv)[: s.n_atoms]).reshape(-1))
+        cov.append(np.sqrt(np.asarray(fv)[: s.n_atoms] + info.sigma_force ** 2).reshape(-1))
         err.append(np.abs(np.asarray(f)[: s.n_atoms] - s.forces).reshape(-1))
-    rho = spearmanr(np.concatenate(std), np.concatenate(err)).statistic
-    assert rho > 0.2, rho
+    std, err, cov = np.concatenate(std), np.concatenate(err), np.concatenate(cov)
+    assert rep["spearman_component"] == pytest.approx(spearmanr(std, err).statistic, abs=1e-9)
+    assert rep["coverage_1sigma"] == pytest.approx(np.mean(err <= cov))
+    assert 0.0 < rep["coverage_1sigma"] < rep["coverage_2sigma"] <= 1.0
 
 
 def test_physics(fitted, data):
@@ -175,6 +185,8 @@ def test_noise_grid_and_cli_train(tmp_path, data):
     assert result["stop_reason"] == "closed_form"
     assert result["best"]["force_mae_mev_per_a"] < 400
     assert len(result["best"]["fit"]["grid"]) == 25
+    unc = result["best"]["uncertainty"]
+    assert unc["n_frames"] == 2 and -1.0 <= unc["spearman_component"] <= 1.0
     pot, params = load_model(result["model"])
     assert pot.config["name"] == "gap"
     s = data[1][0].system()

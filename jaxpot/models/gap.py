@@ -327,6 +327,81 @@ def gap_predict(potential: Potential, params, system: System):
     return gap_predictor(potential)(params, system)
 
 
+def gap_uncertainty_report(potential: Potential, params, frames, *, sigma_force: float = 0.0,
+                           deadline: float | None = None, seed: int = 0) -> dict:
+    """How well the predicted force uncertainty ranks and covers the actual errors.
+
+    For each labelled frame the posterior force mean and variance (:func:`gap_predict`) are
+    compared with the reference forces. Reported (all rank correlations are Spearman's):
+
+    - ``spearman_component``: σ of each force component vs its |error|;
+    - ``spearman_atom``: ``sqrt(Σ_c σ²_ic)`` vs ``|ΔF_i|`` per atom;
+    - ``spearman_structure``: a frame's mean σ vs its force MAE (which frames to label next);
+    - ``spearman_component_ceiling``: the value a perfectly calibrated model would get for
+      the same σ (errors drawn as σ·z, z ~ N(0, 1)); a single |error| is one draw, so a
+      per-component correlation cannot approach 1 unless σ spans orders of magnitude;
+    - ``coverage_1sigma`` / ``coverage_2sigma``: fraction of components with |error| below
+      1σ / 2σ of the predictive distribution of a label, σ² = latent variance + σ_F²
+      (68 % / 95 % if calibrated);
+    - ``energy_*`` the same for total energies when enough frames are evaluated.
+
+    Args:
+      potential, params: a fitted GAP (:func:`fit_gap`).
+      frames: a :class:`jaxpot.data.Dataset` (or structures) with energy and force labels.
+      sigma_force: the fitted force noise, eV/Å (``GAPFitInfo.sigma_force``), added to the
+        latent variance for the coverage figures.
+      deadline: ``time.monotonic()`` at which to stop evaluating (at least 5 frames are).
+      seed: seed of the calibrated-ceiling draw.
+
+    Returns:
+      A dict of floats (``nan`` where undefined) and ``n_frames``.
+    """
+    from scipy.stats import spearmanr
+
+    predict = gap_predictor(potential)
+    frames = _as_dataset(frames, potential.cutoff)
+    n_at, n_ed = max(frames.n_atoms), max(frames.n_edges)
+    s_f2 = float(sigma_force) ** 2
+    err_c, std_c, cov_c, err_a, std_a, err_s, std_s, e_err, e_std = ([] for _ in range(9))
+    for s in frames:
+        if deadline is not None and time.monotonic() > deadline and len(err_s) >= 5:
+            break
+        if s.forces is None:
+            continue
+        e, ev, f, fv = predict(params, s.system(n_atoms=n_at, n_edges=n_ed))
+        f = np.asarray(f)[: s.n_atoms]
+        fv = np.asarray(fv)[: s.n_atoms]
+        d = f - s.forces
+        err_c.append(np.abs(d).ravel())
+        std_c.append(np.sqrt(fv).ravel())
+        cov_c.append(np.sqrt(fv + s_f2).ravel())
+        err_a.append(np.linalg.norm(d, axis=1))
+        std_a.append(np.sqrt(fv.sum(1)))
+        err_s.append(float(np.mean(np.abs(d))))
+        std_s.append(float(np.mean(np.sqrt(fv))))
+        if s.energy is not None:
+            e_err.append(abs(float(e) - s.energy))
+            e_std.append(float(np.sqrt(ev)))
+
+    def rho(a, b):
+        if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+            return float("nan")
+        return float(spearmanr(a, b).statistic)
+
+    err_c, std_c, cov_c = np.concatenate(err_c), np.concatenate(std_c), np.concatenate(cov_c)
+    z = np.random.default_rng(seed).standard_normal(std_c.shape)
+    return {
+        "n_frames": len(err_s),
+        "spearman_component": rho(std_c, err_c),
+        "spearman_component_ceiling": rho(std_c, np.abs(std_c * z)),
+        "spearman_atom": rho(np.concatenate(std_a), np.concatenate(err_a)),
+        "spearman_structure": rho(np.asarray(std_s), np.asarray(err_s)),
+        "coverage_1sigma": float(np.mean(err_c <= cov_c)),
+        "coverage_2sigma": float(np.mean(err_c <= 2.0 * cov_c)),
+        "spearman_energy": rho(np.asarray(e_std), np.asarray(e_err)),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------
@@ -646,6 +721,17 @@ def train_gap(config, train_set, valid_set, stats, *, t_start: float | None = No
                        deadline=vdeadline) if len(valid_set) else None
     best = dict(metrics or {})
     best["fit"] = dataclasses.asdict(info)
+    if len(valid_set) and valid_set.has_forces and (deadline is None
+                                                    or time.monotonic() < vdeadline):
+        unc = gap_uncertainty_report(potential, params, valid_set, sigma_force=info.sigma_force,
+                                     deadline=vdeadline)
+        best["uncertainty"] = unc
+        print(f"jaxpot train: force uncertainty on {unc['n_frames']} validation frames: "
+              f"Spearman(σ, |ΔF|) {unc['spearman_component']:.2f} per component (a calibrated "
+              f"model: {unc['spearman_component_ceiling']:.2f}), "
+              f"{unc['spearman_atom']:.2f} per atom, {unc['spearman_structure']:.2f} per frame; "
+              f"|ΔF| < 1σ / 2σ for {100 * unc['coverage_1sigma']:.0f} % / "
+              f"{100 * unc['coverage_2sigma']:.0f} % of components", file=sys.stderr, flush=True)
     model_path = os.path.join(config.out, "model")
     save_model(model_path, potential, params,
                metadata={"statistics": stats.to_dict(), "valid_metrics": best,
