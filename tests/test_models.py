@@ -234,6 +234,9 @@ def test_config_validation():
     with pytest.raises(ValueError, match="one multiplicity"):
         models.mace(species=["Cu"], features="8x0e+4x1o")
     assert models.nequip().config["kwargs"]["species"][:2] == ["H", "He"]
+    # Each family's default features are valid for it (MACE needs one multiplicity).
+    assert "0o" in models.nequip(species=["Cu"]).config["kwargs"]["features"]
+    assert models.mace(species=["Cu"]).config["kwargs"]["features"] == "32x0e+32x1o+32x2e"
 
 
 def test_average_num_neighbors():

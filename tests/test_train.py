@@ -60,8 +60,13 @@ def _config(**kw):
 def test_default_weights_rule(datasets):
     st = data.statistics(datasets[0])
     w = train.default_weights(st)
-    assert w.energy == pytest.approx(1 / max(st.energy_std_per_atom, 1e-3) ** 2)
+    assert w.energy == pytest.approx(1.5**2 / st.force_rms**2)
     assert w.forces == pytest.approx(1 / (3 * st.force_rms**2))
+    # An energy error δ/atom weighs as a force-component error δ/ℓ: w_E δ² = w_F · 3 (δ/ℓ)².
+    assert w.energy == pytest.approx(w.forces * 3 / 1.5**2 * 1.5**4)
+    wv = train.default_weights(st, energy_length=None)
+    assert wv.energy == pytest.approx(1 / max(st.energy_std_per_atom, 1e-3) ** 2)
+    assert wv.forces == w.forces
     assert w.stress == pytest.approx(1 / (9 * st.stress_rms**2))
     # The trivial model (refs, zero forces, zero stress) scores ~1 on each term.
     tr = datasets[0]
@@ -70,7 +75,9 @@ def test_default_weights_rule(datasets):
     t = tloss.loss_terms(refs, jnp.zeros_like(b.forces), jnp.zeros_like(b.stress), b)
     assert w.forces * t["forces"] == pytest.approx(1.0, rel=1e-9)
     assert w.stress * t["stress"] == pytest.approx(1.0, rel=1e-9)
-    assert w.energy * t["energy"] == pytest.approx(1.0, rel=0.5)
+    assert wv.energy * t["energy"] == pytest.approx(1.0, rel=0.5)
+    with pytest.raises(ValueError, match="energy_length"):
+        train.default_weights(st, energy_length=0.0)
 
 
 def test_padding_does_not_change_loss(datasets):

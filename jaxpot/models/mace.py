@@ -71,6 +71,7 @@ class MACEConfig(NequIPConfig):
       readout_hidden: width of the last layer's readout MLP.
     """
 
+    features: str = "32x0e+32x1o+32x2e"
     correlation: int = 3
 
     def validated(self):

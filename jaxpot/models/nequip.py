@@ -58,7 +58,9 @@ class NequIPConfig:
       cutoff: r_c in Å; edges at or beyond it contribute exactly 0.
       species: elements the model knows, as symbols or atomic numbers (stored as symbols);
         ``None`` means all 118 elements. Order = index into ``atomic_scale``/``atomic_shift``.
-      features: hidden node irreps, e.g. ``"32x0e+32x1o+32x2e"``.
+      features: hidden node irreps. The default carries both parities of every degree up to
+        2, as InstaDeep ``mlip``'s reference NequIP does; on EMT copper it learned forces about
+        twice as fast per epoch as ``"32x0e+32x1o+32x2e"`` (73 k against 51 k parameters).
       num_layers: interaction blocks.
       l_max: largest degree of the edge spherical harmonics.
       parity: O(3) (True) or SO(3) only (False; every irrep treated as even).
@@ -74,7 +76,7 @@ class NequIPConfig:
 
     cutoff: float = 5.0
     species: Sequence[str | int] | None = None
-    features: str = "32x0e+32x1o+32x2e"
+    features: str = "16x0e+16x0o+8x1o+8x1e+4x2e+4x2o"
     num_layers: int = 2
     l_max: int = 2
     parity: bool = True

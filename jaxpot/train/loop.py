@@ -63,7 +63,10 @@ class TrainConfig:
       clip_norm: global gradient-norm clip (0/None disables).
       ema_decay: parameter EMA decay used for evaluation and the saved model.
       energy_weight, forces_weight, stress_weight: loss weights; None means the default rule of
-        :func:`jaxpot.train.default_weights` (each term divided by its label variance).
+        :func:`jaxpot.train.default_weights` (forces normalised by their RMS, energies
+        balanced against them through ``energy_length``).
+      energy_length: ℓ of the default weights, Å: an energy error of δ per atom weighs as much
+        as a force-component error of δ/ℓ (None: each term divided by its label variance).
       trainable_refs: train the per-element reference energies too.
       patience: early-stopping patience in epochs without validation-loss improvement (None:
         off); min_delta: relative improvement that counts.
@@ -85,10 +88,10 @@ class TrainConfig:
     model: str = "nequip"
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     cutoff: float = 5.0
-    batch_size: int = 8
+    batch_size: int = 4
     eval_batch_size: int | None = None
     epochs: int = 100
-    lr: float = 5e-3
+    lr: float = 1e-2
     warmup_epochs: float = 1.0
     decay: str = "cosine"
     final_lr_fraction: float = 0.01
@@ -99,6 +102,7 @@ class TrainConfig:
     energy_weight: float | None = None
     forces_weight: float | None = None
     stress_weight: float | None = None
+    energy_length: float | None = 1.5
     trainable_refs: bool = False
     patience: int | None = 20
     min_delta: float = 0.0
@@ -476,7 +480,7 @@ def _leaf_dtype(x, dtype):
 
 
 def _weights_from_config(config: TrainConfig, stats: jdata.Statistics) -> LossWeights:
-    w = default_weights(stats)
+    w = default_weights(stats, energy_length=config.energy_length)
     return LossWeights(
         energy=w.energy if config.energy_weight is None else float(config.energy_weight),
         forces=w.forces if config.forces_weight is None else float(config.forces_weight),
