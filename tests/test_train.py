@@ -67,14 +67,14 @@ def test_default_weights_rule(datasets):
     wv = train.default_weights(st, energy_length=None)
     assert wv.energy == pytest.approx(1 / max(st.energy_std_per_atom, 1e-3) ** 2)
     assert wv.forces == w.forces
-    assert w.stress == pytest.approx(1 / (9 * st.stress_rms**2))
+    assert w.stress == pytest.approx(min(1, 3 / st.n_atoms_mean) / (9 * st.stress_rms**2))
     # The trivial model (refs, zero forces, zero stress) scores ~1 on each term.
     tr = datasets[0]
     b = data.collate(tr.structures, len(tr), max(tr.n_atoms), max(tr.n_edges))
     refs = jnp.asarray([sum(st.element_refs[int(z)] for z in s.numbers) for s in tr.structures])
     t = tloss.loss_terms(refs, jnp.zeros_like(b.forces), jnp.zeros_like(b.stress), b)
     assert w.forces * t["forces"] == pytest.approx(1.0, rel=1e-9)
-    assert w.stress * t["stress"] == pytest.approx(1.0, rel=1e-9)
+    assert w.stress * t["stress"] == pytest.approx(min(1, 3 / st.n_atoms_mean), rel=1e-9)
     assert wv.energy * t["energy"] == pytest.approx(1.0, rel=0.5)
     with pytest.raises(ValueError, match="energy_length"):
         train.default_weights(st, energy_length=0.0)

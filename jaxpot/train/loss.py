@@ -12,7 +12,10 @@ forces through a length ℓ (``energy_length``, default 1.5 Å): an error of δ 
 energy costs as much as an error of δ/ℓ eV/Å in each force component. The force term is
 normalised by the loss of the trivial model that predicts zero forces, ``w_F = 1/(3·F_rms²)``
 (``3·F_rms²`` is the mean ``|F|²`` per atom, so that term starts near 1), which fixes
-``w_E = 3·ℓ²·w_F = ℓ²/F_rms²``; ``w_S = 1/(9·σ_rms²)`` (0 without stress labels). Without force
+``w_E = 3·ℓ²·w_F = ℓ²/F_rms²``. The stress term is normalised by its own label variance and
+counted like forces, one stress component as one force component: a structure has 9 of the
+former and 3N of the latter, so ``w_S = min(1, 3/N̄)/(9·σ_rms²)`` (N̄ the mean number of atoms;
+0 without stress labels). Without force
 labels ``w_E = 1/σ_E²`` (σ_E the std of the per-atom residual energy). Floors (1 meV/atom,
 10 meV/Å, 1e-4 eV/Å³) keep the weights finite for nearly constant labels.
 
@@ -75,7 +78,8 @@ def default_weights(stats: Statistics, *, energy: float = 1.0, forces: float = 1
         (``w_E = 1/σ_E²``), which favours energies strongly.
 
     Returns:
-      ``LossWeights(energy · ℓ²/F_rms², forces / (3 F_rms²), stress / (9 σ_rms²))``, with floors
+      ``LossWeights(energy · ℓ²/F_rms², forces / (3 F_rms²), stress · min(1, 3/N̄) / (9 σ_rms²))``
+      (N̄ the mean number of atoms per structure), with floors
       on the scales, ``w_E = energy/σ_E²`` when there are no force labels (or ``ℓ`` is None) and
       a zero stress weight when the data has no stress.
     """
@@ -93,7 +97,8 @@ def default_weights(stats: Statistics, *, energy: float = 1.0, forces: float = 1
     return LossWeights(
         energy=float(w_e),
         forces=float(forces / f2) if has_f else 0.0,
-        stress=float(stress / s2) if stats.has_stress else 0.0,
+        stress=float(stress * min(1.0, 3.0 / max(stats.n_atoms_mean, 1.0)) / s2)
+        if stats.has_stress else 0.0,
     )
 
 
