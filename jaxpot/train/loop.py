@@ -53,7 +53,8 @@ class TrainConfig:
       cutoff: neighbour cutoff for the edges, Å (also passed to the model if it takes one).
       batch_size: structures per batch.
       eval_batch_size: structures per validation batch (default ``batch_size``).
-      epochs: maximum number of epochs.
+      epochs: maximum number of epochs (None: until the time budget runs out, or 100 epochs
+        without a budget).
       lr: peak learning rate.
       warmup_epochs: linear warm-up length (epochs, may be fractional).
       decay: ``cosine``, ``exponential`` or ``constant`` after warm-up, over whichever runs
@@ -69,7 +70,8 @@ class TrainConfig:
         as a force-component error of δ/ℓ (None: each term divided by its label variance).
       trainable_refs: train the per-element reference energies too.
       patience: early-stopping patience in epochs without validation-loss improvement (None:
-        off); min_delta: relative improvement that counts.
+        20 without a time budget, off with one, as the learning rate then decays over the
+        whole budget); min_delta: relative improvement that counts.
       time_budget_min: wall-time budget of the whole run in minutes (None: unlimited).
       seed: seed for the split, initialisation and shuffling.
       out: output directory.
@@ -90,7 +92,7 @@ class TrainConfig:
     cutoff: float = 5.0
     batch_size: int = 4
     eval_batch_size: int | None = None
-    epochs: int = 100
+    epochs: int | None = None
     lr: float = 1e-2
     warmup_epochs: float = 1.0
     decay: str = "cosine"
@@ -104,7 +106,7 @@ class TrainConfig:
     stress_weight: float | None = None
     energy_length: float | None = 1.5
     trainable_refs: bool = False
-    patience: int | None = 20
+    patience: int | None = None
     min_delta: float = 0.0
     time_budget_min: float | None = None
     seed: int = 0
@@ -254,7 +256,15 @@ def fit(
     optimizer, _ = make_optimizer(
         1.0, total_steps=1, decay="constant", clip_norm=config.clip_norm,
         name=config.optimizer, weight_decay=config.weight_decay)
-    schedule = BudgetSchedule(config.lr, total_steps=config.epochs * steps_per_epoch,
+    # Without an epoch cap a budgeted run trains until its time is up (the schedule follows the
+    # clock); an unbudgeted one stops after 100 epochs.
+    n_epochs = (int(config.epochs) if config.epochs is not None
+                else (100 if deadline is None else 1_000_000))
+    # Early stopping by default only without a budget: with one, the schedule decays over the
+    # whole budget and the best EMA parameters are kept anyway.
+    patience = (config.patience if config.patience is not None
+                else (20 if deadline is None else None))
+    schedule = BudgetSchedule(config.lr, total_steps=n_epochs * steps_per_epoch,
                               warmup_steps=warmup_steps, decay=config.decay,
                               final_lr_fraction=config.final_lr_fraction)
     if frozen:
@@ -350,8 +360,8 @@ def fit(
     epoch = int(meta["epoch"])
     if meta.get("early_stopped"):
         stop_reason = "early_stopping"
-        epoch = config.epochs
-    while epoch < config.epochs:
+        epoch = n_epochs
+    while epoch < n_epochs:
         start = int(meta["batch"])
         accum = meta["accum"] or {"loss_sum": 0.0, "n": 0.0}
         plan = loader.plan(epoch)[start:]
@@ -429,7 +439,7 @@ def fit(
             meta["bad_epochs"] = int(meta["bad_epochs"]) + 1
         epoch += 1
         meta.update(epoch=epoch, batch=0, accum=None)
-        early = config.patience is not None and meta["bad_epochs"] >= config.patience
+        early = patience is not None and meta["bad_epochs"] >= patience
         meta["early_stopped"] = bool(early)
         if csv_path is not None:
             _write_csv(csv_path, history)
@@ -442,7 +452,7 @@ def fit(
         if early:
             stop_reason = "early_stopping"
             break
-        if deadline is not None and epoch < config.epochs:
+        if deadline is not None and epoch < n_epochs:
             shape0 = loader.plan(epoch)[0][0]
             if out_of_time(shape0):
                 stop_reason = "time_budget"
@@ -506,8 +516,9 @@ def _log(msg: str) -> None:
     print(f"jaxpot train: {msg}", file=sys.stderr, flush=True)
 
 
-def _print_epoch(row: dict, epochs: int) -> None:
-    msg = (f"epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4g}  "
+def _print_epoch(row: dict, epochs: int | None) -> None:
+    of = "" if epochs is None else f"/{epochs}"
+    msg = (f"epoch {row['epoch']}{of}  train {row['train_loss']:.4g}  "
            f"valid {row['valid_loss']:.4g}  E {row['energy_mae_mev_per_atom']:.2f} meV/atom  "
            f"F {row['force_mae_mev_per_a']:.1f} meV/Å")
     if "stress_mae_mev_per_a3" in row:
