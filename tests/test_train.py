@@ -248,7 +248,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     argv = ["train", "--train", str(tmp_path / "train.xyz"), "--valid",
             str(tmp_path / "valid.xyz"), "--model", "morse", "--model-kwargs",
             '{"D": 0.3, "alpha": 1.4, "r0": 2.7}', "--cutoff", str(CUTOFF), "--epochs", "2",
-            "--batch-size", "3", "--lr", "0.01", "--seed", "1", "--time-budget-min", "2",
+            "--batch-size", "3", "--lr", "0.01", "--seed", "1", "--time-budget-min", "10",
             "--out", str(out)]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
