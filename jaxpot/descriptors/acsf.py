@@ -49,6 +49,7 @@ from jaxpot.descriptors.environment import (
     Environment,
     dense_jacobian,
     environment,
+    map_atoms,
     species_index,
 )
 from jaxpot.descriptors.environment import (
@@ -312,6 +313,7 @@ def acsf(
     *,
     max_neighbors: int | None = None,
     positions: jax.Array | None = None,
+    batch_size: int | None = None,
 ) -> jax.Array:
     """ACSF of every atom of one structure.
 
@@ -322,15 +324,15 @@ def acsf(
         :func:`~jaxpot.descriptors.environment.max_neighbors` (pass it explicitly under
         ``jit``/``vmap``).
       positions: optional ``[n_atoms, 3]`` positions (Å) overriding ``system.positions``.
+      batch_size: atoms per chunk (see :func:`~jaxpot.descriptors.environment.map_atoms`).
 
     Returns:
       ``[n_atoms, params.n_features]``; rows of padding atoms are 0; every entry is NaN if
       some atom has more than ``max_neighbors`` neighbours within ``r_cut``.
     """
     env = _env(system, params, max_neighbors, positions)
-    feats = jax.vmap(lambda v, m, s: acsf_atom(params, v, m, s))(
-        env.vectors, env.mask, env.species
-    )
+    feats = map_atoms(lambda a: acsf_atom(params, *a), (env.vectors, env.mask, env.species),
+                      batch_size)
     feats = jnp.where(system.atom_mask[:, None], feats, 0.0)
     return jnp.where(env.overflow, jnp.nan, feats)
 
@@ -342,6 +344,7 @@ def acsf_jacobian(
     max_neighbors: int | None = None,
     positions: jax.Array | None = None,
     dense: bool = True,
+    batch_size: int | None = 8,
 ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, Environment]:
     """ACSF values and their derivatives with respect to positions.
 
@@ -351,7 +354,7 @@ def acsf_jacobian(
     the atoms: no ``[n_atoms·n_features, n_atoms·3]`` reverse pass.
 
     Args:
-      system, params, max_neighbors, positions: as in :func:`acsf`.
+      system, params, max_neighbors, positions, batch_size: as in :func:`acsf`.
       dense: return dscribe's dense layout; otherwise the per-slot derivatives and the
         environment.
 
@@ -370,7 +373,8 @@ def acsf_jacobian(
         f = lambda vv: acsf_atom(params, vv, m, s)  # noqa: E731
         return f(v), jnp.moveaxis(jac(f)(v), 0, -1)  # [F], [K, 3, F]
 
-    vals, local = jax.vmap(one)(env.vectors, env.mask, env.species)
+    vals, local = map_atoms(lambda a: one(*a), (env.vectors, env.mask, env.species),
+                            batch_size)
     amask = system.atom_mask
     vals = jnp.where(amask[:, None], vals, 0.0)
     local = jnp.where(amask[:, None, None, None] & env.mask[..., None, None], local, 0.0)

@@ -40,6 +40,7 @@ from jaxpot.descriptors.cutoff import cosine_cutoff
 from jaxpot.descriptors.environment import (
     dense_jacobian,
     environment,
+    map_atoms,
     species_index,
 )
 from jaxpot.descriptors.environment import (
@@ -139,7 +140,7 @@ def chiral_atom(params: ChiralParams, vectors: jax.Array, mask: jax.Array,
 
 
 def chiral(system: System, params: ChiralParams, *, max_neighbors: int | None = None,
-           positions: jax.Array | None = None) -> jax.Array:
+           positions: jax.Array | None = None, batch_size: int | None = None) -> jax.Array:
     """Pseudoscalar features of every atom.
 
     Args:
@@ -147,6 +148,7 @@ def chiral(system: System, params: ChiralParams, *, max_neighbors: int | None = 
       params: configuration from :func:`chiral_params`.
       max_neighbors: static per-atom capacity (default: measured on the host).
       positions: optional ``[n_atoms, 3]`` positions overriding ``system.positions``.
+      batch_size: atoms per chunk (see :func:`~jaxpot.descriptors.environment.map_atoms`).
 
     Returns:
       ``[n_atoms, params.n_features]`` Å³; padding rows 0; all NaN on capacity overflow.
@@ -154,14 +156,14 @@ def chiral(system: System, params: ChiralParams, *, max_neighbors: int | None = 
     if max_neighbors is None:
         max_neighbors = _max_neighbors(system, params.r_cut)
     env = environment(system, max_neighbors, cutoff=params.r_cut, positions=positions)
-    feats = jax.vmap(lambda v, m, s: chiral_atom(params, v, m, s))(
-        env.vectors, env.mask, env.species)
+    feats = map_atoms(lambda a: chiral_atom(params, *a), (env.vectors, env.mask, env.species),
+                      batch_size)
     feats = jnp.where(system.atom_mask[:, None], feats, 0.0)
     return jnp.where(env.overflow, jnp.nan, feats)
 
 
 def chiral_jacobian(system: System, params: ChiralParams, *, max_neighbors: int | None = None,
-                    positions: jax.Array | None = None):
+                    positions: jax.Array | None = None, batch_size: int | None = 8):
     """Values ``[n_atoms, F]`` and dense Jacobian ``[n_atoms, n_atoms, 3, F]`` (dscribe layout).
     """
     if max_neighbors is None:
@@ -172,7 +174,8 @@ def chiral_jacobian(system: System, params: ChiralParams, *, max_neighbors: int 
         f = lambda vv: chiral_atom(params, vv, m, s)  # noqa: E731
         return f(v), jnp.moveaxis(jax.jacfwd(f)(v), 0, -1)
 
-    vals, local = jax.vmap(one)(env.vectors, env.mask, env.species)
+    vals, local = map_atoms(lambda a: one(*a), (env.vectors, env.mask, env.species),
+                            batch_size)
     amask = system.atom_mask
     vals = jnp.where(env.overflow, jnp.nan, jnp.where(amask[:, None], vals, 0.0))
     local = jnp.where(amask[:, None, None, None] & env.mask[..., None, None], local, 0.0)

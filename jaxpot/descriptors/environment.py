@@ -38,6 +38,7 @@ __all__ = [
     "environment",
     "species_index",
     "dense_jacobian",
+    "map_atoms",
 ]
 
 
@@ -83,6 +84,24 @@ def max_neighbors(system: System, cutoff: float | None = None, *, multiple: int 
     return int(-(-k // multiple) * multiple)
 
 
+def _stable_argsort(keys: jax.Array, n_keys: int) -> jax.Array:
+    """``jnp.argsort(keys, stable=True)`` for integer ``keys`` in ``[0, n_keys)``.
+
+    Packs ``(key, position)`` into one integer and sorts that single array, several times
+    faster on a CPU than XLA's two-operand stable sort; falls back to the latter when the
+    packed value would not fit the widest enabled integer type.
+    """
+    n = keys.shape[0]
+    if n_keys * n < 2**31:
+        dtype = jnp.int32
+    elif n_keys * n < 2**63 and jax.config.jax_enable_x64:
+        dtype = jnp.int64
+    else:
+        return jnp.argsort(keys, stable=True)
+    packed = keys.astype(dtype) * n + jnp.arange(n, dtype=dtype)
+    return (jax.lax.sort(packed) % n).astype(jnp.int32)
+
+
 def neighbor_slots(
     system: System,
     max_neighbors: int,
@@ -108,7 +127,7 @@ def neighbor_slots(
     if cutoff is not None:
         keep = keep & (_edge_lengths_sq(system, positions) < cutoff**2)
     recv = jnp.where(keep, system.receivers, n_atoms)
-    order = jnp.argsort(recv, stable=True)
+    order = _stable_argsort(recv, n_atoms + 1)
     sorted_recv = recv[order]
     start = jnp.searchsorted(sorted_recv, jnp.arange(n_atoms + 1), side="left")
     rank = jnp.arange(n_edges) - start[jnp.minimum(sorted_recv, n_atoms)]
@@ -185,3 +204,23 @@ def dense_jacobian(local: jax.Array, env: Environment) -> jax.Array:
     out = out[:, :n_atoms]
     diag = jnp.arange(n_atoms)
     return out.at[diag, diag].add(-jnp.sum(local, axis=1))
+
+
+def map_atoms(fn, args, batch_size: int | None):
+    """Apply a per-atom function over the leading axis of ``args``, in chunks.
+
+    ``jax.lax.map`` over chunks of ``batch_size`` atoms keeps each chunk's intermediates (the
+    ``[K, …]`` per-neighbour arrays) in cache. On a CPU, chunks of 4–16 atoms made SOAP values
+    and the ACSF/SOAP Jacobians about 2× faster than one ``vmap`` over a thousand atoms; ACSF
+    values were fastest as one ``vmap``. Small structures (``n ≤ batch_size``) and
+    ``batch_size=None`` use a plain ``vmap``.
+
+    Args:
+      fn: function of one atom's slice of ``args``.
+      args: pytree of arrays with a leading atom axis.
+      batch_size: atoms per chunk, or ``None``.
+    """
+    n = jax.tree_util.tree_leaves(args)[0].shape[0]
+    if batch_size is None or batch_size >= n:
+        return jax.vmap(fn)(args)
+    return jax.lax.map(fn, args, batch_size=batch_size)

@@ -50,7 +50,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +59,7 @@ from jaxpot.descriptors.environment import (
     Environment,
     dense_jacobian,
     environment,
+    map_atoms,
     species_index,
 )
 from jaxpot.descriptors.environment import (
@@ -68,7 +68,7 @@ from jaxpot.descriptors.environment import (
 from jaxpot.system import System
 
 __all__ = ["SOAPParams", "soap_params", "gto_basis", "soap", "soap_atom", "soap_jacobian",
-           "coefficients"]
+           "coefficients", "solid_harmonics"]
 
 _COMPRESSIONS = ("off", "crossover", "mu2", "mu1nu1")
 
@@ -226,29 +226,73 @@ def _layout(params: SOAPParams) -> np.ndarray:
     return np.asarray(idx, np.int64)
 
 
-def _radial(params: SOAPParams, r2: jax.Array) -> jax.Array:
-    """``[..., L, n]`` orthonormalised radial integrals (without the solid harmonic)."""
+def _primitives(params: SOAPParams, r2: jax.Array) -> jax.Array:
+    """``[..., L, n']`` radial integrals of the primitive (not orthonormalised) GTOs."""
     s2 = params.sigma**2
     ls = np.arange(params.l_max + 1)[:, None]
     p = params.alphas + 1.0 / (2.0 * s2)  # [L, n']
     pref = 4.0 * math.pi * math.sqrt(math.pi) / (2.0 ** (ls + 2) * s2**ls * p ** (ls + 1.5))
     decay = params.alphas / (2.0 * s2 * p)  # [L, n']
-    prim = pref * jnp.exp(-decay * r2[..., None, None])  # [..., L, n']
-    return jnp.einsum("lmk,...lk->...lm", params.betas, prim)
+    return pref * jnp.exp(-decay * r2[..., None, None])
+
+
+def _radial(params: SOAPParams, r2: jax.Array) -> jax.Array:
+    """``[..., L, n]`` orthonormalised radial integrals (without the solid harmonic)."""
+    return jnp.einsum("lmk,...lk->...lm", params.betas, _primitives(params, r2))
 
 
 def _lm_of(params: SOAPParams) -> np.ndarray:
     return np.concatenate([np.full(2 * l + 1, l) for l in range(params.l_max + 1)])
 
 
+def solid_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
+    """Real regular solid harmonics ``R_{lm}(r) = r^l Y_{lm}(r̂)``, orthonormal ``Y_{lm}``.
+
+    Polynomials in ``x, y, z`` (no square roots or divisions, so smooth at ``r = 0``), built by
+    the associated-Legendre recurrence in ``z`` and ``r²`` times ``Re/Im (x + iy)^m``. Inside
+    each ``l`` the order is ``m = −l … l``: ``m < 0`` carries ``sin(|m|φ)``, ``m > 0``
+    ``cos(mφ)``; no Condon–Shortley phase. Any other real orthonormal convention (e3nn's, for
+    instance) differs by an orthogonal matrix per ``l``, which the power spectrum does not see.
+
+    Args:
+      vectors: ``[..., 3]``.
+      l_max: largest ``l``.
+
+    Returns:
+      ``[..., (l_max+1)²]``.
+    """
+    x, y, z = vectors[..., 0], vectors[..., 1], vectors[..., 2]
+    r2 = x * x + y * y + z * z
+    re, im = [jnp.ones_like(x)], [jnp.zeros_like(x)]  # Re, Im of (x + iy)^m
+    for m in range(l_max):
+        re.append(x * re[m] - y * im[m])
+        im.append(x * im[m] + y * re[m])
+    out = []
+    leg: dict[tuple[int, int], jax.Array | float] = {}  # r^l P_l^m(z/r) / ρ^m, unsigned
+    for m in range(l_max + 1):
+        leg[m, m] = float(np.prod(np.arange(2 * m - 1, 0, -2.0)))
+        if m < l_max:
+            leg[m + 1, m] = (2 * m + 1) * leg[m, m] * z
+        for l in range(m + 2, l_max + 1):
+            leg[l, m] = ((2 * l - 1) * z * leg[l - 1, m] - (l + m - 1) * r2 * leg[l - 2, m]) / (
+                l - m)
+    for l in range(l_max + 1):
+        for m in range(-l, l + 1):
+            a = abs(m)
+            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - a)
+                             / math.factorial(l + a))
+            if m == 0:
+                out.append(norm * leg[l, 0] * jnp.ones_like(x))
+            else:
+                out.append(math.sqrt(2.0) * norm * leg[l, a] * (re[a] if m > 0 else im[a]))
+    return jnp.stack(out, axis=-1)
+
+
 def _neighbor_coeffs(params: SOAPParams, vectors: jax.Array) -> jax.Array:
     """``[..., n, (l_max+1)²]`` expansion coefficients of one Gaussian per vector."""
     r2 = jnp.sum(vectors * vectors, axis=-1)
     rad = _radial(params, r2)  # [..., L, n]
-    sh = e3nn.spherical_harmonics(
-        e3nn.Irreps.spherical_harmonics(params.l_max), vectors, normalize=False,
-        normalization="integral",
-    ).array  # [..., (L)²] solid harmonics r^l Y_lm
+    sh = solid_harmonics(vectors, params.l_max)  # [..., (L)²]
     rad_lm = jnp.take(rad, _lm_of(params), axis=-2)  # [..., lm, n]
     return jnp.swapaxes(rad_lm, -1, -2) * sh[..., None, :]
 
@@ -275,26 +319,25 @@ def coefficients(params: SOAPParams, vectors: jax.Array, mask: jax.Array,
       center_species: scalar atomic number of the centre (its own Gaussian is included).
 
     Returns:
-      ``[n_elements, n_max, (l_max+1)²]``, ``m`` running over e3nn's real harmonics for each
-      ``l`` in turn.
+      ``[n_elements, n_max, (l_max+1)²]``, ``m`` running over the real harmonics of
+      :func:`solid_harmonics` for each ``l`` in turn.
     """
-    n_el = len(params.species)
+    n_el, n_l = len(params.species), params.l_max + 1
     w = _weights(params, vectors, mask)
     onehot = (species_index(species, params.species)[:, None] == jnp.arange(n_el)) * w[:, None]
     onehot = onehot.astype(vectors.dtype)
     r2 = jnp.sum(vectors * vectors, axis=-1)
-    rad = _radial(params, r2)  # [K, L, n]
-    sh = e3nn.spherical_harmonics(
-        e3nn.Irreps.spherical_harmonics(params.l_max), vectors, normalize=False,
-        normalization="integral",
-    ).array  # [K, (L)²]
-    # One matrix product over neighbours for all (e, n, l) × (l', m) — the l ≠ l' blocks are
-    # wasted flops but a single large product is faster than L small ones — then keep l = l'.
-    n_k, n_l = r2.shape[0], params.l_max + 1
-    q = (onehot[:, :, None, None] * jnp.swapaxes(rad, 1, 2)[:, None]).reshape(n_k, -1)
-    full = (q.T @ sh).reshape(n_el, params.n_max, n_l, -1)  # [E, n, L, lm]
+    prim = _primitives(params, r2)  # [K, L, n']
+    sh = solid_harmonics(vectors, params.l_max)  # [K, (L)²]
+    # One product over neighbours for all (e, l, n') × (l', m) of the primitive integrals (the
+    # l ≠ l' blocks are wasted flops, but one product beats L small ones), keep l = l', then
+    # orthonormalise: the Löwdin matrices act after the neighbour sum, on [E, n', lm] only.
+    n_k = r2.shape[0]
+    q = (onehot[:, :, None, None] * prim[:, None]).reshape(n_k, -1)
+    full = (q.T @ sh).reshape(n_el, n_l, params.n_max, -1)  # [E, L, n', lm]
     lm_of = _lm_of(params)
-    c = full[:, :, lm_of, np.arange(lm_of.size)]  # [E, n, lm]
+    c = full[:, lm_of, :, np.arange(lm_of.size)]  # [lm, E, n']
+    c = jnp.einsum("mnk,mek->enm", params.betas[lm_of], c)
     self_c = _neighbor_coeffs(params, jnp.zeros((3,), vectors.dtype))  # [n, lm]
     own = (species_index(center_species, params.species) == jnp.arange(n_el)).astype(c.dtype)
     return c + own[:, None, None] * self_c
@@ -352,6 +395,7 @@ def soap(
     *,
     max_neighbors: int | None = None,
     positions: jax.Array | None = None,
+    batch_size: int | None = 8,
 ) -> jax.Array:
     """SOAP power spectrum of every atom of one structure.
 
@@ -361,14 +405,15 @@ def soap(
       max_neighbors: static neighbour capacity per atom (default: measured on the host; pass
         it explicitly under ``jit``/``vmap``).
       positions: optional ``[n_atoms, 3]`` positions overriding ``system.positions`` (Å).
+      batch_size: atoms per chunk (see :func:`~jaxpot.descriptors.environment.map_atoms`);
+        ``None``: all at once.
 
     Returns:
       ``[n_atoms, params.n_features]``; padding rows 0; all NaN if the capacity overflowed.
     """
     env = _env(system, params, max_neighbors, positions)
-    feats = jax.vmap(lambda v, m, s, z: soap_atom(params, v, m, s, z))(
-        env.vectors, env.mask, env.species, system.species
-    )
+    args = (env.vectors, env.mask, env.species, system.species)
+    feats = map_atoms(lambda a: soap_atom(params, *a), args, batch_size)
     feats = jnp.where(system.atom_mask[:, None], feats, 0.0)
     return jnp.where(env.overflow, jnp.nan, feats)
 
@@ -381,7 +426,7 @@ def soap_jacobian(
     positions: jax.Array | None = None,
     dense: bool = True,
     attach: bool = True,
-    batch_size: int | None = 16,
+    batch_size: int | None = 8,
 ):
     """SOAP values and their derivatives with respect to positions.
 
@@ -430,10 +475,7 @@ def soap_jacobian(
         return f(c), jv, jself
 
     args = (env.vectors, env.mask, env.species, system.species)
-    if batch_size is None:
-        vals, local, jself = jax.vmap(one)(args)
-    else:
-        vals, local, jself = jax.lax.map(one, args, batch_size=batch_size)
+    vals, local, jself = map_atoms(one, args, batch_size)
     amask = system.atom_mask
     vals = jnp.where(amask[:, None], vals, 0.0)
     vals = jnp.where(env.overflow, jnp.nan, vals)

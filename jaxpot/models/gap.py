@@ -26,8 +26,10 @@ The prior variances ``k**`` of a total energy and of each force component are ex
 (second derivatives of the kernel through the SOAP Jacobian).
 
 Hyperparameters: ``δ`` defaults to the per-atom energy spread of the data, ``σ_E`` to 1 % of
-it and ``σ_F`` to 5 % of the force RMS; ``optimize_noise=True`` picks ``(σ_E, σ_F)`` on a grid by
-maximising the log marginal likelihood (cheap: the accumulated sums are reused).
+it and ``σ_F`` to 5 % of the force RMS; ``optimize_noise=True`` picks ``(σ_E, σ_F)`` (and ``δ``
+unless it is given) by maximising the log marginal likelihood: a grid, then Nelder–Mead in log
+space (cheap: the accumulated sums are reused; each step is two ``M × M`` Cholesky
+factorisations).
 
 Use :func:`fit_gap` (or ``jaxpot train --model gap``), then ``potential.energy`` in MD and
 :func:`gap_predict` for means and variances.
@@ -78,7 +80,8 @@ class GAPConfig:
       sigma_energy: energy noise per atom, eV/atom (None: 1 % of δ).
       sigma_force: force noise, eV/Å (None: 5 % of the force RMS).
       use_forces: fit force observations too.
-      optimize_noise: choose (σ_E, σ_F) on a grid by the marginal likelihood.
+      optimize_noise: choose (σ_E, σ_F), and δ unless given, by maximising the marginal
+        likelihood.
       jitter: relative diagonal jitter on K_MM.
       max_structures: use at most this many training structures (None: all).
       seed: seed for sparse-point selection and structure subsampling.
@@ -415,7 +418,8 @@ class GAPFitInfo:
       n_structures: structures used; n_environments: atoms in them; n_sparse: M.
       delta, sigma_energy, sigma_force: hyperparameters used (eV, eV/atom, eV/Å).
       log_marginal_likelihood: of the chosen hyperparameters (DTC approximation).
-      grid: ``[(σ_E, σ_F, log ML), ...]`` when ``optimize_noise``.
+      grid: ``[(σ_E, σ_F, log ML), ...]``, the starting grid of ``optimize_noise`` (at the
+        initial δ; the chosen values come from the refinement that follows it).
       time_s: wall time of the fit.
     """
 
@@ -462,6 +466,49 @@ def _cholesky(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("gap: kernel matrix is not positive definite even with jitter")
+
+
+def _maximize_evidence(solve, start, with_forces: bool, fit_delta: bool, grid: list):
+    """Hyperparameters ``(δ, σ_E, σ_F)`` maximising the DTC log marginal likelihood.
+
+    A 5 × 5 grid of (σ_E, σ_F) over factors 1/4 … 4 of the starting values (recorded in
+    ``grid``) gives a starting point that is then refined by Nelder–Mead in log space over
+    ``(σ_E, σ_F)`` and, if ``fit_delta``, ``δ``, so the optimum is not confined to the grid.
+    Each evaluation is two Cholesky factorisations of ``M × M`` matrices.
+    """
+    from scipy.optimize import minimize
+
+    def logml(d, s_e, s_f):
+        try:
+            value = solve(d, s_e, s_f)[-1]
+        except np.linalg.LinAlgError:
+            return -np.inf
+        return float(value) if np.isfinite(value) else -np.inf
+
+    d0, s_e0, s_f0 = start
+    factors = (0.25, 0.5, 1.0, 2.0, 4.0)
+    best, best_ml = start, -np.inf
+    for fe in factors:
+        for ff in factors if with_forces else (1.0,):
+            ml = logml(d0, s_e0 * fe, s_f0 * ff)
+            grid.append((s_e0 * fe, s_f0 * ff, ml))
+            if ml > best_ml:
+                best, best_ml = (d0, s_e0 * fe, s_f0 * ff), ml
+    free = [1] + ([2] if with_forces else []) + ([0] if fit_delta else [])
+    x0 = np.log(np.asarray(best))
+
+    def unpack(x):
+        full = x0.copy()
+        full[free] = np.clip(x, x0[free] - 12.0, x0[free] + 12.0)
+        return np.exp(full)
+
+    res = minimize(lambda x: -logml(*unpack(x)), x0[free], method="Nelder-Mead",
+                   options={"xatol": 1e-3, "fatol": 1e-3, "maxfev": 300,
+                            "initial_simplex": x0[free] + np.vstack([np.zeros(len(free)),
+                                                                     np.eye(len(free))])})
+    if np.isfinite(res.fun) and -res.fun > best_ml:
+        best = tuple(float(v) for v in unpack(res.x))
+    return best
 
 
 def _as_dataset(frames, cutoff: float):
@@ -616,12 +663,11 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
     f_rms = float(np.sqrt(np.mean(np.concatenate(f_all) ** 2))) if f_all else 0.0
     s_e0 = cfg.sigma_energy or max(0.01 * delta, 1e-4)
     s_f0 = cfg.sigma_force or max(0.05 * f_rms, 1e-3)
-    d2 = delta**2
-    kmm = d2 * k_mm + cfg.jitter * d2 * np.eye(m)
-    l_mm, kmm = _cholesky(kmm)
-    logdet_kmm = 2.0 * np.sum(np.log(np.diag(l_mm)))
+    eye = np.eye(m)
 
-    def solve(s_e, s_f):
+    def solve(d, s_e, s_f):
+        d2 = d * d
+        l_mm, kmm = _cholesky(d2 * k_mm + cfg.jitter * d2 * eye)
         a = kmm + d2 * d2 * (g_e / s_e**2 + (g_f / s_f**2 if n_f else 0.0))
         b = d2 * (b_e / s_e**2 + (b_f / s_f**2 if n_f else 0.0))
         l_a, _ = _cholesky(a)
@@ -630,28 +676,20 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
         yy = yy_e / s_e**2 + (yy_f / s_f**2 if n_f else 0.0)
         logdet_lam = n_e * math.log(s_e**2) + logn + (n_f * math.log(s_f**2) if n_f else 0.0)
         fit = yy - float(z @ z)
-        logml = -0.5 * (fit + logdet_lam + 2.0 * np.sum(np.log(np.diag(l_a))) - logdet_kmm
+        logml = -0.5 * (fit + logdet_lam + 2.0 * np.sum(np.log(np.diag(l_a)))
+                        - 2.0 * np.sum(np.log(np.diag(l_mm)))
                         + (n_e + n_f) * math.log(2 * math.pi))
-        return alpha, l_a, logml
+        return alpha, l_a, l_mm, d2, logml
 
     grid = []
-    best = (s_e0, s_f0)
+    best = (delta, s_e0, s_f0)
     if cfg.optimize_noise:
-        factors = (0.25, 0.5, 1.0, 2.0, 4.0)
-        best_ml = -np.inf
-        for fe in factors:
-            for ff in factors if n_f else (1.0,):
-                try:
-                    _, _, ml = solve(s_e0 * fe, s_f0 * ff)
-                except np.linalg.LinAlgError:
-                    continue
-                grid.append((s_e0 * fe, s_f0 * ff, float(ml)))
-                if ml > best_ml:
-                    best_ml, best = ml, (s_e0 * fe, s_f0 * ff)
+        best = _maximize_evidence(solve, best, n_f > 0, cfg.delta is None, grid)
         if verbose:
-            print(f"gap: marginal likelihood grid: best σ_E={best[0]:.3g} eV/atom, "
-                  f"σ_F={best[1]:.3g} eV/Å", file=sys.stderr, flush=True)
-    alpha, l_a, logml = solve(*best)
+            print(f"gap: marginal likelihood: δ={best[0]:.4g} eV, σ_E={best[1]:.3g} eV/atom, "
+                  f"σ_F={best[2]:.3g} eV/Å", file=sys.stderr, flush=True)
+    delta = best[0]
+    alpha, l_a, l_mm, d2, logml = solve(*best)
     potential = gap(cfg)
     params = {
         "sparse_descriptors": sparse,
@@ -666,12 +704,12 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
     if m != cfg.n_sparse:
         potential = gap(cfg, n_sparse=m)
     info = GAPFitInfo(n_structures=n_used, n_environments=n_env, n_sparse=m, delta=delta,
-                      sigma_energy=best[0], sigma_force=best[1],
+                      sigma_energy=best[1], sigma_force=best[2],
                       log_marginal_likelihood=float(logml), grid=grid,
                       time_s=time.monotonic() - t0)
     if verbose:
         print(f"gap: fitted on {n_used} structures ({n_env} environments), M={m}, "
-              f"δ={delta:.4g} eV, σ_E={best[0]:.3g} eV/atom, σ_F={best[1]:.3g} eV/Å, "
+              f"δ={delta:.4g} eV, σ_E={best[1]:.3g} eV/atom, σ_F={best[2]:.3g} eV/Å, "
               f"{info.time_s:.1f} s", file=sys.stderr, flush=True)
     return potential, params, info
 
