@@ -329,3 +329,62 @@ def test_chiral_matches_brute_force_triplets():
                             chans[b][r_] * chans[c][s]
             ref.append(tot)
         np.testing.assert_allclose(out[i], ref, atol=1e-10)
+
+
+def test_solid_harmonics_are_an_orthonormal_real_basis():
+    """R_lm = r^l Y_lm: homogeneous of degree l, and e3nn's real harmonics in another basis."""
+    import e3nn_jax as e3nn
+
+    l_max = 6
+    v = np.random.default_rng(3).normal(size=(400, 3)) * 1.7
+    mine = np.asarray(S.solid_harmonics(jnp.asarray(v), l_max))
+    ref = np.asarray(e3nn.spherical_harmonics(e3nn.Irreps.spherical_harmonics(l_max),
+                                              jnp.asarray(v), normalize=False,
+                                              normalization="integral").array)
+    scaled = np.asarray(S.solid_harmonics(jnp.asarray(1.3 * v), l_max))
+    for l in range(l_max + 1):
+        sl = slice(l * l, (l + 1) ** 2)
+        np.testing.assert_allclose(scaled[:, sl], 1.3**l * mine[:, sl], rtol=1e-9, atol=1e-12)
+        q = np.linalg.lstsq(mine[:, sl], ref[:, sl], rcond=None)[0]
+        assert rel_err(mine[:, sl] @ q, ref[:, sl]) < 1e-10
+        np.testing.assert_allclose(q @ q.T, np.eye(2 * l + 1), atol=1e-10)
+    # Y_00 and the l = 1 block are fixed by the normalisation: check them directly
+    r = np.linalg.norm(v, axis=1)
+    np.testing.assert_allclose(mine[:, 0], 1 / np.sqrt(4 * np.pi))
+    np.testing.assert_allclose(np.sum(mine[:, 1:4] ** 2, 1), 3 / (4 * np.pi) * r**2)
+
+
+@pytest.mark.parametrize("name", ["acsf", "soap", "chiral"])
+def test_chunked_atoms_equal_one_vmap(name):
+    """``batch_size`` chunks (with a remainder) give the same values and Jacobians."""
+    atoms = random_atoms(21, periodic=True, n=11, length=6.0)
+    mod, params = {
+        "acsf": (A, acsf_cfg(SPECIES3)),
+        "soap": (S, S.soap_params(RC, 3, 3, SPECIES3, sigma=0.4)),
+        "chiral": (C, C.chiral_params(RC, SPECIES3, n_radial=2)),
+    }[name]
+    cutoff = params.neighbor_cutoff if name == "soap" else params.r_cut
+    s = System.from_ase(atoms, cutoff=cutoff)
+    k = max_neighbors(s, cutoff)
+    def run(fn, batch_size):  # jit: eager lax.map compiles op by op, far slower
+        return jax.jit(lambda s: fn(s, params, max_neighbors=k, batch_size=batch_size))(s)
+
+    values = getattr(mod, name)
+    jacobian = getattr(mod, f"{name}_jacobian")
+    ref = np.asarray(run(values, None))
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(run(values, 4), ref, rtol=1e-12, atol=1e-14)
+    v0, j0 = run(jacobian, None)
+    v1, j1 = run(jacobian, 3)
+    assert np.abs(np.asarray(j0)).max() > 0
+    np.testing.assert_allclose(v1, v0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(j1, j0, rtol=1e-10, atol=1e-12)
+
+
+def test_packed_sort_is_a_stable_argsort():
+    from jaxpot.descriptors.environment import _stable_argsort
+
+    keys = jnp.asarray(np.random.default_rng(0).integers(0, 7, 500), jnp.int32)
+    ref = np.argsort(np.asarray(keys), kind="stable")
+    for n_keys in (7, 2**31, 2**60):  # packed int32, packed int64, XLA's two-operand sort
+        np.testing.assert_array_equal(_stable_argsort(keys, n_keys), ref)

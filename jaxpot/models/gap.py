@@ -81,7 +81,8 @@ class GAPConfig:
       sigma_force: force noise, eV/Å (None: 5 % of the force RMS).
       use_forces: fit force observations too.
       optimize_noise: choose (σ_E, σ_F), and δ unless given, by maximising the marginal
-        likelihood.
+        likelihood (default); the given or default σ_E, σ_F are then only starting points.
+        False: use them as they are.
       jitter: relative diagonal jitter on K_MM.
       max_structures: use at most this many training structures (None: all).
       seed: seed for sparse-point selection and structure subsampling.
@@ -101,7 +102,7 @@ class GAPConfig:
     sigma_energy: float | None = None
     sigma_force: float | None = None
     use_forces: bool = True
-    optimize_noise: bool = False
+    optimize_noise: bool = True
     jitter: float = 1e-8
     max_structures: int | None = None
     seed: int = 0
