@@ -40,10 +40,9 @@ def run_bpnn(args, train_path, valid_path, workdir) -> dict:
 
     cfg = TrainConfig(train=train_path, valid=valid_path, model="bpnn",
                       cutoff=args.bpnn_cutoff,
-                      model_kwargs={"hidden": [32, 32], "n_radial": 8, "n_angular": 2},
-                      batch_size=4, epochs=1000, lr=3e-3, time_budget_min=args.budget_min,
-                      patience=None, out=os.path.join(workdir, "bpnn"), plots=False,
-                      stress_key=None, progress=False)
+                      model_kwargs={"hidden": [64, 64], "n_radial": 10, "n_angular": 3},
+                      time_budget_min=args.budget_min, out=os.path.join(workdir, "bpnn"),
+                      plots=False, progress=False)
     t0 = time.monotonic()
     result = train(cfg)
     best = result["best"]
@@ -58,7 +57,7 @@ def run_gap(args, train_path, valid_path, workdir) -> dict:
 
     cfg = TrainConfig(train=train_path, valid=valid_path, model="gap", cutoff=args.cutoff,
                       model_kwargs={"n_sparse": args.n_sparse, "n_max": 6, "l_max": 4,
-                                    "sigma": 0.5, "optimize_noise": True},
+                                    "sigma": 0.5},
                       batch_size=4, time_budget_min=args.budget_min, dtype="float64",
                       out=os.path.join(workdir, "gap"), plots=False, stress_key=None,
                       progress=False)
@@ -80,9 +79,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", default=DEFAULT_DATA, help="folder with train.xyz, valid.xyz")
     p.add_argument("--budget-min", type=float, default=30.0, help="minutes per model")
     p.add_argument("--models", default="bpnn,gap")
-    p.add_argument("--cutoff", type=float, default=4.5, help="GAP (SOAP) cutoff, Å")
-    p.add_argument("--bpnn-cutoff", type=float, default=4.0,
-                   help="BPNN (ACSF) cutoff, Å (first two fcc shells; the angular ACSF cost "
+    p.add_argument("--cutoff", type=float, default=5.0, help="GAP (SOAP) cutoff, Å")
+    p.add_argument("--bpnn-cutoff", type=float, default=4.5,
+                   help="BPNN (ACSF) cutoff, Å (three fcc shells; the angular ACSF cost "
                         "grows with the square of the neighbour count)")
     p.add_argument("--n-sparse", type=int, default=1000, help="GAP sparse points")
     p.add_argument("--n-train", type=int, default=None, help="use the first N train frames")
