@@ -248,11 +248,12 @@ def _lm_of(params: SOAPParams) -> np.ndarray:
 def solid_harmonics(vectors: jax.Array, l_max: int) -> jax.Array:
     """Real regular solid harmonics ``R_{lm}(r) = r^l Y_{lm}(r̂)``, orthonormal ``Y_{lm}``.
 
-    Polynomials in ``x, y, z`` (no square roots or divisions, so smooth at ``r = 0``), built by
-    the associated-Legendre recurrence in ``z`` and ``r²`` times ``Re/Im (x + iy)^m``. Inside
-    each ``l`` the order is ``m = −l … l``: ``m < 0`` carries ``sin(|m|φ)``, ``m > 0``
-    ``cos(mφ)``; no Condon–Shortley phase. Any other real orthonormal convention (e3nn's, for
-    instance) differs by an orthogonal matrix per ``l``, which the power spectrum does not see.
+    Polynomials in ``x, y, z`` (no square root of ``r``, no division by it: smooth at
+    ``r = 0``), built by the associated-Legendre recurrence in ``z`` and ``r²`` times
+    ``Re/Im (x + iy)^m``. Inside each ``l`` the order is ``m = −l … l``: ``m < 0`` carries
+    ``sin(|m|φ)``, ``m > 0`` ``cos(mφ)``; no Condon–Shortley phase. Any other real orthonormal
+    convention (e3nn's, for instance) differs by an orthogonal matrix per ``l``, which the
+    power spectrum does not see.
 
     Args:
       vectors: ``[..., 3]``.
