@@ -70,7 +70,9 @@ def test_element_networks_differ():
 def test_soap_descriptor():
     pot = bpnn(species=["Cu"], descriptor="soap", n_max=3, l_max=2, **{
         k: v for k, v in OPTS.items() if k not in ("n_radial", "n_angular")})
-    a = bulk("Cu", cubic=True)
+    # 12 atoms: more than SOAP's default chunk of 8, so the forces differentiate through the
+    # chunked lax.map path (one full chunk and a remainder)
+    a = bulk("Cu", cubic=True).repeat((3, 1, 1))
     a.rattle(0.1, seed=3)
     s = System.from_ase(a, cutoff=CUTOFF)
     params = fit_standardisation(pot, pot.init(jax.random.key(0), s), [s])
