@@ -492,6 +492,8 @@ def _maximize_evidence(solve, start, with_forces: bool, fit_delta: bool, grid: l
     for fe in factors:
         for ff in factors if with_forces else (1.0,):
             ml = logml(d0, s_e0 * fe, s_f0 * ff)
+            if not np.isfinite(ml):  # not positive definite: leave it out (JSON has no -inf)
+                continue
             grid.append((s_e0 * fe, s_f0 * ff, ml))
             if ml > best_ml:
                 best, best_ml = (d0, s_e0 * fe, s_f0 * ff), ml
