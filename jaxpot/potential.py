@@ -23,11 +23,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from ase.data import chemical_symbols
 
+from jaxpot.registry import factory, from_config, register, registered
 from jaxpot.system import System
 
 __all__ = [
     "Potential",
+    "atomic_outputs",
+    "check_species",
+    "factory",
     "register",
     "from_config",
     "registered",
@@ -44,56 +50,83 @@ EnergyFn = Callable[[Params, System], jax.Array]
 
 
 class Potential(NamedTuple):
-    """A potential energy surface.
+    """A potential energy surface, and what else the model can say about each atom.
+
+    The first four fields are all a potential needs; the rest declare optional capabilities
+    (the model protocol), so training, MD, uncertainty and long-range code can ask a potential
+    what it offers instead of probing attributes.
 
     Attributes:
       init: ``(key, system) -> params``.
       energy: ``(params, system) -> scalar`` energy in eV of one unbatched structure.
-      cutoff: Å; edges must be built for at least this distance.
+      cutoff: Å; edges must be built for at least this distance ("needs edges up to r"). A term
+        that needs no edges (a reciprocal-space sum) has 0.
       config: JSON-serialisable ``{"name": ..., "kwargs": {...}}`` that :func:`from_config`
         turns back into an equivalent potential.
+      atomic: optional ``(params, system) -> dict`` of per-atom outputs, each ``[n_atoms, ...]``
+        and zero on padding atoms: ``"energy"`` (eV, sums to ``energy`` for a local model) and
+        optionally ``"charges"`` (e), ``"features"`` (``[n_atoms, F]`` invariant features, for
+        distances in feature space) and ``"variance"`` (eV²).
+      outputs: the keys ``atomic`` returns (``()`` when ``atomic`` is None).
+      local: True when the energy is a sum of atomic terms that each see only neighbours within
+        ``cutoff``; False for long-range terms (Ewald, dispersion tails).
+      species: atomic numbers the model was built for, or None when any element is valid.
+      prepare: optional ``(params, train_set) -> params``, a data-dependent initialisation run
+        once before gradient training (e.g. descriptor standardisation).
+      fit: optional closed-form fit used *instead of* gradient training (e.g. GAP); its
+        signature is defined by :mod:`jaxpot.train`.
     """
 
     init: Callable[[jax.Array, System], Params]
     energy: EnergyFn
     cutoff: float
     config: dict
+    atomic: Callable[[Params, System], dict] | None = None
+    outputs: tuple[str, ...] = ()
+    local: bool = True
+    species: tuple[int, ...] | None = None
+    prepare: Callable[..., Params] | None = None
+    fit: Callable[..., Any] | None = None
 
 
-_REGISTRY: dict[str, Callable[..., Potential]] = {}
+def _symbol(z: int) -> str:
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
 
 
-def register(name: str):
-    """Decorator: make a potential factory rebuildable from ``{"name": name, "kwargs": ...}``."""
+def check_species(potential: Potential, numbers, *, where: str = "structure") -> None:
+    """Refuse, on the host, elements the model was not built for (before any jitted call).
 
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def registered() -> list[str]:
-    """Names of the potential factories :func:`from_config` knows."""
-    return sorted(_REGISTRY)
-
-
-def from_config(config: dict) -> Potential:
-    """Rebuild a potential from its ``config``.
+    Args:
+      potential: the potential; nothing is checked when ``potential.species`` is None.
+      numbers: atomic numbers of the real atoms (array-like of ints; no padding).
+      where: names the structure in the message (file and frame, for example).
 
     Raises:
-      ValueError: unknown potential name or malformed config.
+      ValueError: naming each unknown element, its first atom, and the elements the model knows.
     """
-    if not isinstance(config, dict) or "name" not in config:
-        raise ValueError(f"a potential config must be a dict with a 'name', got {config!r}")
-    name = config["name"]
-    if name not in _REGISTRY:
-        # Model families register on import.
-        import jaxpot.models  # noqa: F401
-        import jaxpot.potentials  # noqa: F401
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown potential {name!r}; known: {', '.join(registered())}")
-    return _REGISTRY[name](**config.get("kwargs", {}))
+    if potential.species is None:
+        return
+    numbers = np.asarray(numbers).reshape(-1)
+    known = {int(z) for z in potential.species}
+    unknown = sorted({int(z) for z in numbers} - known)
+    if unknown:
+        listed = ", ".join(
+            f"{_symbol(z)} (first at atom {int(np.flatnonzero(numbers == z)[0])})"
+            for z in unknown)
+        raise ValueError(f"{where}: element(s) {listed} unknown to the model "
+                         f"{potential.config.get('name')!r}, which knows only "
+                         f"{', '.join(_symbol(z) for z in sorted(known))}")
+
+
+def atomic_outputs(potential: Potential) -> Callable[[Params, System], dict]:
+    """``(params, system) -> {"energy": [n_atoms], ...}``, the model's per-atom outputs.
+
+    Raises:
+      ValueError: the potential declares no per-atom outputs.
+    """
+    if potential.atomic is None:
+        raise ValueError(f"potential {potential.config.get('name')!r} has no per-atom outputs")
+    return potential.atomic
 
 
 @register("sum")
@@ -127,7 +160,31 @@ def sum_potentials(*terms: Potential, **kw) -> Potential:
         energy=energy,
         cutoff=max(t.cutoff for t in terms),
         config={"name": "sum", "kwargs": {"terms": [t.config for t in terms]}},
+        **_sum_protocol(keys, terms),
     )
+
+
+def _sum_protocol(keys: list[str], terms: tuple[Potential, ...]) -> dict:
+    """The declared capabilities of a sum: per-atom outputs add up; species intersect."""
+    known = [set(t.species) for t in terms if t.species is not None]
+    species = tuple(sorted(set.intersection(*known))) if known else None
+    out = {"local": all(t.local for t in terms), "species": species}
+    if not all(t.atomic is not None and "energy" in t.outputs for t in terms):
+        return out
+    outputs = tuple(dict.fromkeys(k for t in terms for k in t.outputs))
+
+    def atomic(params, system):
+        total: dict = {}
+        for k, t in zip(keys, terms, strict=True):
+            for name, value in t.atomic(params[k], system).items():
+                if name == "features":  # features of different terms stack side by side
+                    total[name] = (value if name not in total
+                                   else jnp.concatenate([total[name], value], axis=-1))
+                else:
+                    total[name] = total.get(name, 0.0) + value
+        return total
+
+    return {**out, "atomic": atomic, "outputs": outputs}
 
 
 def _energy_fn(potential_or_fn) -> EnergyFn:

@@ -38,6 +38,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from jaxpot.registry import from_config
+
 __all__ = ["save_model", "load_model", "read_model_info", "atomic_write", "FORMAT", "VERSION"]
 
 FORMAT = "jaxpot-model"
@@ -310,8 +312,6 @@ def load_model(path: str | os.PathLike):
       ValueError: corrupt, truncated or foreign file, a newer format version, or a config
         naming a potential that is not registered; the message names the path.
     """
-    from jaxpot.potential import from_config
-
     info = _read(path)
     params = _decode_tree(info["params"], f"{os.fspath(path)!r}: params")
     try:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
 from jaxpot.models.bpnn import BPNNConfig, bpnn, fit_standardisation
 from jaxpot.models.gap import GAPConfig, fit_gap, gap, gap_predict
 from jaxpot.models.mace import MACEConfig, mace, mace_atomic_energies
 from jaxpot.models.nequip import NequIPConfig, nequip, nequip_atomic_energies
-from jaxpot.potential import Potential
+from jaxpot.potential import Potential, atomic_outputs
 
 __all__ = [
     "BPNNConfig",
@@ -38,22 +37,19 @@ __all__ = [
     "nequip_atomic_energies",
 ]
 
-_ATOMIC = {"nequip": nequip_atomic_energies, "mace": mace_atomic_energies}
-
-
 def atomic_energies(potential: Potential) -> Callable:
-    """``(params, system) -> [n_atoms]`` atomic energies (eV) of a NequIP or MACE potential.
-
-    Uses ``potential.config``, so it also works for potentials rebuilt with
-    :func:`jaxpot.from_config`. Padding atoms get 0.
+    """``(params, system) -> [n_atoms]`` atomic energies (eV) of any potential that declares
+    per-atom energies (``"energy" in potential.outputs``: NequIP, MACE, BPNN, pair potentials,
+    sums and element-offset wrappers of those). Padding atoms get 0.
 
     Raises:
-      ValueError: the potential is not one of this module's models.
+      ValueError: the potential declares no per-atom energies.
     """
-    name = potential.config.get("name")
-    if name not in _ATOMIC:
-        raise ValueError(f"atomic_energies supports {sorted(_ATOMIC)}, not {name!r}")
-    return _ATOMIC[name](**potential.config["kwargs"])
+    if "energy" not in potential.outputs:
+        raise ValueError(f"potential {potential.config.get('name')!r} declares no per-atom "
+                         f"energies (its outputs: {list(potential.outputs)})")
+    atomic = atomic_outputs(potential)
+    return lambda params, system: atomic(params, system)["energy"]
 
 
 def average_num_neighbors(systems: Sequence, cutoff: float) -> float:
@@ -72,19 +68,3 @@ def average_num_neighbors(systems: Sequence, cutoff: float) -> float:
         raise ValueError("average_num_neighbors needs at least one atom")
     return n_edges / n_atoms
 
-
-del jax
-
-
-def _import_sibling_families() -> None:
-    # Other model families living in this package (e.g. BPNN, GAP) register themselves on
-    # import; import them here so that jaxpot.from_config finds every family.
-    import importlib
-    import importlib.util
-
-    for name in ("bpnn", "gap"):
-        if importlib.util.find_spec(f"jaxpot.models.{name}") is not None:
-            importlib.import_module(f"jaxpot.models.{name}")
-
-
-_import_sibling_families()

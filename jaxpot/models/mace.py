@@ -179,7 +179,9 @@ def mace(config: MACEConfig | dict | None = None, **overrides) -> Potential:
 
     Raises:
       ValueError: invalid config; an unknown element in a structure (eager evaluation; under
-        ``jit`` the energy is NaN instead).
+        ``jit`` the energy is NaN instead: check first with
+        :func:`jaxpot.potential.check_species`, as the CLI, MD, training and the ASE
+        calculator do).
 
     Example:
       >>> from ase.build import bulk
@@ -193,4 +195,4 @@ def mace(config: MACEConfig | dict | None = None, **overrides) -> Potential:
     cfg = _make(config, overrides, MACEConfig)
     model = _model(cfg)
     return Potential(model.init, model.energy, cfg.cutoff,
-                     {"name": "mace", "kwargs": cfg.to_dict()})
+                     {"name": "mace", "kwargs": cfg.to_dict()}, **model.protocol())

@@ -241,7 +241,9 @@ def nequip(config: NequIPConfig | dict | None = None, **overrides) -> Potential:
 
     Raises:
       ValueError: invalid config; an unknown element in a structure (eager evaluation; under
-        ``jit`` the energy is NaN instead).
+        ``jit`` the energy is NaN instead: check first with
+        :func:`jaxpot.potential.check_species`, as the CLI, MD, training and the ASE
+        calculator do).
 
     Example:
       >>> from ase.build import bulk
@@ -255,4 +257,4 @@ def nequip(config: NequIPConfig | dict | None = None, **overrides) -> Potential:
     cfg = _make(config, overrides, NequIPConfig)
     model = _model(cfg)
     return Potential(model.init, model.energy, cfg.cutoff,
-                     {"name": "nequip", "kwargs": cfg.to_dict()})
+                     {"name": "nequip", "kwargs": cfg.to_dict()}, **model.protocol())

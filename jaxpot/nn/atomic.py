@@ -95,6 +95,20 @@ class AtomicModel:
         """Total energy in eV (scalar)."""
         return jnp.sum(self.atomic_energies(params, system))
 
+    def protocol(self) -> dict:
+        """The model-protocol fields of :class:`~jaxpot.Potential` this network provides.
+
+        ``atomic`` returns ``{"energy": [n_atoms]}``; ``species`` lists the atomic numbers of
+        the table (None when the table holds all 118 elements).
+        """
+        known = tuple(int(z) for z in np.flatnonzero(self.table >= 0))
+
+        def atomic(params, system):
+            return {"energy": self.atomic_energies(params, system)}
+
+        return {"atomic": atomic, "outputs": ("energy",),
+                "species": known if len(known) < 118 else None}
+
 
 def atomic_model(net: nn.Module, table: np.ndarray, scale: float, shift: float) -> AtomicModel:
     """Build an :class:`AtomicModel` (see the module docstring)."""

@@ -1,9 +1,11 @@
-"""Physics terms: pair potentials (Lennard-Jones, Morse).
+"""Physics terms: pair potentials (Lennard-Jones, Morse) and per-element energy offsets.
 
 Each factory returns a :class:`jaxpot.Potential` whose parameters live in ``params`` so they
 can be fitted with ``jax.grad``.
 """
 
-from jaxpot.potentials.pair import lennard_jones, morse, pair_energy
+from jaxpot.potentials.offsets import element_refs_table, with_element_refs
+from jaxpot.potentials.pair import lennard_jones, morse, pair_atomic_energies, pair_energy
 
-__all__ = ["lennard_jones", "morse", "pair_energy"]
+__all__ = ["element_refs_table", "lennard_jones", "morse", "pair_atomic_energies", "pair_energy",
+           "with_element_refs"]

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxpot.potential import Potential, register
 from jaxpot.system import System
 
-__all__ = ["lennard_jones", "morse", "pair_energy"]
+__all__ = ["lennard_jones", "morse", "pair_energy", "pair_atomic_energies"]
 
 
 def pair_energy(
@@ -53,6 +53,17 @@ def pair_energy(
     if shift:
         e = e - phi(jnp.asarray(cutoff, r.dtype))
     return 0.5 * jnp.sum(jnp.where(inside, e, 0.0))
+
+
+def pair_atomic_energies(phi, system: System, cutoff: float, *, shift: bool, params) -> jax.Array:
+    """Per-atom energies ``½ Σ_{e: receiver i} [φ(r_e) − φ(r_c)]``, ``[n_atoms]`` eV.
+
+    They sum to :func:`pair_energy` (with ``params``) for a symmetric list; padding atoms get 0.
+    """
+    _, inside, r = _edge_terms(phi, float(cutoff), bool(shift), params, system.positions,
+                               system.cell, system.senders, system.receivers, system.shifts)
+    e = 0.5 * jnp.where(inside, _edge_energy(phi, float(cutoff), bool(shift), params, r), 0.0)
+    return jax.ops.segment_sum(e, system.receivers, num_segments=system.positions.shape[0])
 
 
 def _edge_terms(phi, cutoff, shift, params, positions, cell, senders, receivers, shifts):
@@ -259,10 +270,14 @@ def lennard_jones(sigma: float, epsilon: float, cutoff: float, *, shift: bool = 
 
         return pair_energy(_lj_phi, system, cutoff, shift=shift, params=(s, eps))
 
+    def atomic(params, system):
+        p = (params["sigma"], params["epsilon"])
+        return {"energy": pair_atomic_energies(_lj_phi, system, cutoff, shift=shift, params=p)}
+
     config = {"name": "lennard_jones",
               "kwargs": {"sigma": float(sigma), "epsilon": float(epsilon),
                          "cutoff": float(cutoff), "shift": bool(shift)}}
-    return Potential(init, energy, float(cutoff), config)
+    return Potential(init, energy, float(cutoff), config, atomic=atomic, outputs=("energy",))
 
 
 @register("morse")
@@ -286,7 +301,11 @@ def morse(D: float, alpha: float, r0: float, cutoff: float, *, shift: bool = Tru
 
         return pair_energy(_morse_phi, system, cutoff, shift=shift, params=(d, a, r_eq))
 
+    def atomic(params, system):
+        p = (params["D"], params["alpha"], params["r0"])
+        return {"energy": pair_atomic_energies(_morse_phi, system, cutoff, shift=shift, params=p)}
+
     config = {"name": "morse",
               "kwargs": {"D": float(D), "alpha": float(alpha), "r0": float(r0),
                          "cutoff": float(cutoff), "shift": bool(shift)}}
-    return Potential(init, energy, float(cutoff), config)
+    return Potential(init, energy, float(cutoff), config, atomic=atomic, outputs=("energy",))

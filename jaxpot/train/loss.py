@@ -35,16 +35,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxpot.data import Batch, Statistics
-from jaxpot.potential import (
-    Potential,
-    energy_and_forces,
-    energy_forces_stress,
-    from_config,
-    register,
-)
+from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
+from jaxpot.potentials.offsets import element_refs_table, with_element_refs
 
 __all__ = [
     "LossWeights",
@@ -56,7 +50,6 @@ __all__ = [
     "element_refs_table",
 ]
 
-N_ELEMENTS = 119  # table index = atomic number (0 unused)
 
 
 class LossWeights(NamedTuple):
@@ -161,60 +154,3 @@ def make_loss_fn(potential: Potential, weights: LossWeights):
         return loss, terms
 
     return loss_fn
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-element energy offsets
-# ---------------------------------------------------------------------------------------------
-
-
-def element_refs_table(refs: dict, dtype=None) -> jnp.ndarray:
-    """``[119]`` array, entry Z = reference energy of element Z in eV (0 where absent)."""
-    table = np.zeros(N_ELEMENTS)
-    for z, v in refs.items():
-        table[int(z)] = float(v)
-    return jnp.asarray(table, dtype)
-
-
-@register("with_element_refs")
-def with_element_refs(model, refs: dict, *, trainable: bool = False,
-                      scale: float = 1.0) -> Potential:
-    """Add per-element reference energies to a potential: ``E = scale·E_model + Σ_i e_{Z_i}``.
-
-    Used when a model has no atomic shift/scale parameters of its own (pair potentials, simple
-    models): the element references fitted on the training set are added outside the model, so
-    the model only learns the residual.
-
-    Args:
-      model: a :class:`~jaxpot.Potential` or its config.
-      refs: ``{atomic number: eV}`` (keys may be strings, as in JSON).
-      trainable: if True the references live in ``params["element_refs"]`` (a ``[119]``
-        array, initialised from ``refs``) and are trained; otherwise they are constants.
-      scale: multiplies the model's energy (e.g. the force RMS for a normalised model).
-
-    Returns:
-      A potential with params ``{"model": model params[, "element_refs": [119]]}``.
-    """
-    inner = model if isinstance(model, Potential) else from_config(model)
-    refs = {int(z): float(v) for z, v in refs.items()}
-    const = element_refs_table(refs, np.float64)
-    scale = float(scale)
-
-    def init(key, system):
-        p = {"model": inner.init(key, system)}
-        if trainable:
-            dtype = None if system is None else jnp.asarray(system.positions).dtype
-            p["element_refs"] = element_refs_table(refs, dtype)
-        return p
-
-    def energy(params, system):
-        table = params["element_refs"] if trainable else const
-        dtype = system.positions.dtype
-        z = jnp.where(system.atom_mask, system.species, 0)
-        offset = jnp.sum(jnp.where(system.atom_mask, table.astype(dtype)[z], 0.0))
-        return scale * inner.energy(params["model"], system) + offset
-
-    config = {"name": "with_element_refs",
-              "kwargs": {"model": inner.config, "refs": {str(z): v for z, v in refs.items()},
-                         "trainable": bool(trainable), "scale": scale}}
-    return Potential(init, energy, inner.cutoff, config)

@@ -1,0 +1,103 @@
+"""The registry of potential families: names in model files → factories.
+
+A model file stores ``potential.config = {"name": ..., "kwargs": {...}}``; :func:`from_config`
+turns it back into a potential by calling the factory registered under ``name``. Families
+register themselves with the :func:`register` decorator when their module is imported.
+
+This module sits at the bottom of jaxpot's layers and imports no other jaxpot module. It finds
+the module that defines a family it has not seen yet in two places, by name only:
+
+- ``FAMILIES``, the table of jaxpot's own families (``{"nequip": "jaxpot.models.nequip", ...}``);
+- the ``jaxpot.potentials`` entry-point group, for families of other packages::
+
+      [project.entry-points."jaxpot.potentials"]
+      my_model = "my_package.my_model"
+
+so that any registered name loads from a fresh process, and a low layer never imports a high one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+__all__ = ["FAMILIES", "register", "from_config", "registered", "factory"]
+
+FAMILIES: dict[str, str] = {
+    "sum": "jaxpot.potential",
+    "lennard_jones": "jaxpot.potentials.pair",
+    "morse": "jaxpot.potentials.pair",
+    "with_element_refs": "jaxpot.potentials.offsets",
+    "nequip": "jaxpot.models.nequip",
+    "mace": "jaxpot.models.mace",
+    "bpnn": "jaxpot.models.bpnn",
+    "gap": "jaxpot.models.gap",
+}
+"""Family name → the jaxpot module that registers it."""
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str):
+    """Decorator: make a potential factory rebuildable from ``{"name": name, "kwargs": ...}``.
+
+    Example:
+      >>> @register("my_pair")
+      ... def my_pair(cutoff=3.0): ...
+      >>> "my_pair" in registered()
+      True
+    """
+
+    def wrap(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def _entry_points() -> dict[str, str]:
+    try:
+        found = metadata.entry_points(group="jaxpot.potentials")
+    except Exception:  # broken metadata of some unrelated package must not break loading
+        return {}
+    return {ep.name: ep.value.split(":")[0] for ep in found}
+
+
+def _discover(name: str) -> None:
+    module = FAMILIES.get(name) or _entry_points().get(name)
+    if module is not None:
+        importlib.import_module(module)
+
+
+def factory(name: str) -> Callable[..., Any]:
+    """The factory registered under ``name``, importing its module if needed.
+
+    Raises:
+      ValueError: no family of that name is known.
+    """
+    if name not in _REGISTRY:
+        _discover(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown potential {name!r}; known: {', '.join(registered())}")
+    return _REGISTRY[name]
+
+
+def registered() -> list[str]:
+    """Names :func:`from_config` can rebuild (jaxpot's own, plugins', and any registered)."""
+    return sorted(set(_REGISTRY) | set(FAMILIES) | set(_entry_points()))
+
+
+def from_config(config: dict):
+    """Rebuild a potential from its ``config`` (``{"name": ..., "kwargs": {...}}``).
+
+    Raises:
+      ValueError: unknown potential name or malformed config.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError(f"a potential config must be a dict with a 'name', got {config!r}")
+    kwargs = config.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"potential {config['name']!r}: 'kwargs' must be a dict, got {kwargs!r}")
+    return factory(config["name"])(**kwargs)
