@@ -26,8 +26,6 @@ import jaxpot
 from jaxpot.models.bpnn import bpnn, fit_standardisation
 from jaxpot.models.ntk import empirical_ntk
 
-jax.config.update("jax_enable_x64", True)
-
 
 # %%
 def make_data(n: int, seed: int, cutoff: float):
@@ -90,7 +88,15 @@ def run_width(width, train, y_train, test, *, steps, cutoff, seed=0):
 # %%
 def main(steps: int = 400, widths=(8, 32, 128, 512), n_train: int = 12, n_test: int = 8,
          cutoff: float = 3.5) -> dict:
-    """Train BPNNs of each width; print and return the NTK-vs-network gap per width."""
+    """Train BPNNs of each width; print and return the NTK-vs-network gap per width.
+
+    Runs in float64 (``jax.enable_x64`` inside this call only): the kernel solve needs it.
+    """
+    with jax.enable_x64(True):
+        return _study(steps, widths, n_train, n_test, cutoff)
+
+
+def _study(steps, widths, n_train, n_test, cutoff) -> dict:
     train, y_train = make_data(n_train, 0, cutoff)
     test, _ = make_data(n_test, 1, cutoff)
     results = {}
