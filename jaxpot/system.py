@@ -12,24 +12,92 @@ is ``positions[j] - positions[i] + shifts[e] @ cell``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ase.data import atomic_masses
 from flax import struct
 
-__all__ = ["System", "stack", "unstack", "bucket", "default_buckets", "validate_arrays"]
+from jaxpot.neighbors import _check_cell, neighbor_list
+
+__all__ = [
+    "System",
+    "stack",
+    "unstack",
+    "bucket",
+    "default_buckets",
+    "validate_arrays",
+    "find_edges",
+    "pad_arrays",
+    "stack_arrays",
+]
 
 _MIN_DISTANCE = 0.1  # Å; closer atoms are treated as a mistake in the input
 
 
-def validate_arrays(positions, numbers, cell, pbc, *, where: str = "structure") -> None:
+def _float_dtype(dtype) -> np.dtype:
+    """The NumPy float dtype JAX will use for ``dtype`` (default: JAX's default float)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64 if dtype is None else dtype))
+
+
+def _check_numbers(numbers: np.ndarray, where: str) -> None:
+    if numbers.dtype == bool or not np.issubdtype(numbers.dtype, np.number):
+        raise ValueError(f"{where}: atomic numbers must be integers, got dtype {numbers.dtype}")
+    if not np.issubdtype(numbers.dtype, np.integer):
+        values = np.asarray(numbers, np.float64)
+        bad = np.nonzero(~np.isfinite(values) | (values != np.round(values)))[0]
+        if bad.size:
+            raise ValueError(
+                f"{where}: atomic number {values[bad[0]]!r} of atom {int(bad[0])} is not an "
+                f"integer; {bad.size} atom(s) affected"
+            )
+    unknown = np.nonzero((numbers < 1) | (numbers > 118))[0]
+    if unknown.size:
+        raise ValueError(
+            f"{where}: unknown element (atomic number {numbers[unknown[0]]}) at atom "
+            f"{int(unknown[0])}; atomic numbers must be in 1..118"
+        )
+
+
+def _check_masses(masses, numbers: np.ndarray, n: int, where: str) -> None:
+    masses = np.asarray(masses)
+    if masses.shape != (n,):
+        raise ValueError(f"{where}: {masses.shape} masses for {n} atoms")
+    if not np.issubdtype(masses.dtype, np.number) or masses.dtype == bool:
+        raise ValueError(f"{where}: masses must be numbers, got dtype {masses.dtype}")
+    masses = masses.astype(np.float64)
+    bad = np.nonzero(~(np.isfinite(masses) & (masses > 0)))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{where}: mass of atom {i} (atomic number {int(numbers[i])}) is {masses[i]!r} amu; "
+            f"masses must be finite and positive ({bad.size} atom(s) affected)"
+        )
+
+
+def validate_arrays(positions, numbers, cell, pbc, *, masses=None,
+                    where: str = "structure") -> None:
     """Raise ``ValueError`` naming what is wrong with a structure's raw arrays.
 
-    Checks: at least one atom, finite positions, atomic numbers in 1..118, a non-singular cell
-    along periodic directions, a finite cell.
+    Every path that builds a structure (``System.from_arrays``, :mod:`jaxpot.data`, the ASE
+    calculator) calls this on the host, before anything is jitted.
+
+    Args:
+      positions: ``[n_atoms, 3]`` Å.
+      numbers: ``[n_atoms]`` atomic numbers; integers or integer-valued floats.
+      cell: ``[3, 3]`` rows are lattice vectors, Å.
+      pbc: three bools.
+      masses: optional ``[n_atoms]`` amu.
+      where: names the structure in messages (``"train.xyz: frame 12"``).
+
+    Raises:
+      ValueError: no atoms; non-finite positions; atomic numbers that are not integers or
+        outside 1..118; masses that are not finite and positive; a non-finite cell, or one
+        that is singular along periodic directions. The message names the atom.
     """
     positions = np.asarray(positions)
     numbers = np.asarray(numbers)
@@ -47,21 +115,143 @@ def validate_arrays(positions, numbers, cell, pbc, *, where: str = "structure") 
             f"{where}: non-finite position for atom {int(bad[0])} "
             f"({positions[bad[0]].tolist()}); {bad.size} atom(s) affected"
         )
-    unknown = np.nonzero((numbers < 1) | (numbers > 118))[0]
-    if unknown.size:
-        raise ValueError(
-            f"{where}: unknown element (atomic number {int(numbers[unknown[0]])}) "
-            f"at atom {int(unknown[0])}"
-        )
+    _check_numbers(numbers, where)
+    if masses is not None:
+        _check_masses(masses, numbers, positions.shape[0], where)
     cell = np.asarray(cell, float)
     if not np.all(np.isfinite(cell)):
         raise ValueError(f"{where}: cell has non-finite entries: {cell.tolist()}")
-    from jaxpot.neighbors import _check_cell
-
     try:
         _check_cell(cell, np.asarray(pbc, bool))
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def find_edges(positions, cell, pbc, cutoff: float, *, where: str = "structure"):
+    """All edges shorter than ``cutoff`` (exact, host side), refusing overlapping atoms.
+
+    Args:
+      positions: ``[n_atoms, 3]`` Å.
+      cell: ``[3, 3]`` rows are lattice vectors, Å.
+      pbc: three bools.
+      cutoff: Å.
+      where: names the structure in messages.
+
+    Returns:
+      ``(receivers, senders, shifts)`` NumPy arrays, ``[n_edges]`` int32 twice and
+      ``[n_edges, 3]`` float64 integer image shifts (see :func:`jaxpot.neighbors.neighbor_list`).
+
+    Raises:
+      ValueError: two atoms closer than 0.1 Å (naming both).
+    """
+    positions = np.asarray(positions, np.float64)
+    cell = np.asarray(cell, np.float64)
+    receivers, senders, shifts = neighbor_list(positions, cell, pbc, cutoff)
+    if receivers.size:
+        vec = positions[senders] - positions[receivers] + shifts @ cell
+        dist = np.linalg.norm(vec, axis=1)
+        k = int(np.argmin(dist))
+        if dist[k] < _MIN_DISTANCE:
+            raise ValueError(
+                f"{where}: atoms {int(receivers[k])} and {int(senders[k])} overlap "
+                f"(distance {dist[k]:.4f} Å < {_MIN_DISTANCE} Å)"
+            )
+    return (receivers.astype(np.int32), senders.astype(np.int32),
+            np.asarray(shifts, np.float64).reshape(-1, 3))
+
+
+def pad_arrays(positions, numbers, *, cell=None, pbc=False, masses=None, receivers=None,
+               senders=None, shifts=None, n_atoms: int | None = None,
+               n_edges: int | None = None, dtype=None,
+               where: str = "structure") -> dict[str, np.ndarray]:
+    """Pad one structure's atoms and edges to fixed slot counts, on the host (NumPy).
+
+    This is jaxpot's one padding kernel: :class:`System`, :func:`stack`, the training batches
+    (:func:`jaxpot.data.collate`) and the ASE calculator all pad through it. It checks only
+    that the structure fits; call :func:`validate_arrays` first for the physics checks.
+
+    Args:
+      positions: ``[n, 3]`` Å (``n`` may be 0: an all-padding dummy structure).
+      numbers: ``[n]`` integer atomic numbers.
+      cell: ``[3, 3]`` rows are lattice vectors, Å (default zeros).
+      pbc: bool or three bools.
+      masses: ``[n]`` amu (default: ASE's standard atomic masses).
+      receivers, senders: ``[e]`` edge ends, centre ``i`` and neighbour ``j`` (default: none).
+      shifts: ``[e, 3]`` integer image shifts ``S`` of each edge (default zeros).
+      n_atoms, n_edges: slot counts (default: ``n`` and ``e``, no padding).
+      dtype: float dtype of positions, masses, cell and shifts (default: JAX's default float).
+      where: names the structure in messages.
+
+    Returns:
+      ``{field: array}`` for every :class:`System` field: ``positions [n_atoms, 3]`` (padding
+      rows 0), ``species [n_atoms]`` int32 (padding 0), ``masses [n_atoms]`` (padding 1),
+      ``atom_mask [n_atoms]`` bool, ``cell [3, 3]``, ``pbc [3]`` bool, ``senders`` and
+      ``receivers [n_edges]`` int32 (padding = the sentinel ``n_atoms``), ``shifts [n_edges, 3]``
+      (padding 0). Hand it to :meth:`System.from_padded`, or stack several with
+      :func:`stack_arrays`.
+
+    Raises:
+      ValueError: the structure has more atoms or edges than the slots (naming ``where``), or
+        arrays of inconsistent shapes.
+    """
+    positions = np.asarray(positions, np.float64).reshape(-1, 3)
+    numbers = np.asarray(numbers).reshape(-1)
+    n = positions.shape[0]
+    if numbers.shape[0] != n:
+        raise ValueError(f"{where}: {numbers.shape[0]} atomic numbers for {n} positions")
+    if masses is None:
+        masses = atomic_masses[numbers.astype(np.int64)] if n else np.zeros(0)
+    receivers = np.zeros(0, np.int32) if receivers is None else np.asarray(receivers).reshape(-1)
+    senders = np.zeros(0, np.int32) if senders is None else np.asarray(senders).reshape(-1)
+    e = receivers.shape[0]
+    shifts = np.zeros((e, 3)) if shifts is None else np.asarray(shifts).reshape(-1, 3)
+    if senders.shape[0] != e or shifts.shape[0] != e:
+        raise ValueError(f"{where}: {e} receivers, {senders.shape[0]} senders and "
+                         f"{shifts.shape[0]} shifts")
+    n_pad = n if n_atoms is None else int(n_atoms)
+    e_pad = e if n_edges is None else int(n_edges)
+    if n_pad < n:
+        raise ValueError(f"{where}: {n} atoms do not fit in {n_pad} padded slots")
+    if e_pad < e:
+        raise ValueError(f"{where}: {e} edges do not fit in {e_pad} padded slots")
+    f = _float_dtype(dtype)
+    out = {
+        "positions": np.zeros((n_pad, 3), f), "species": np.zeros(n_pad, np.int32),
+        "masses": np.ones(n_pad, f), "atom_mask": np.zeros(n_pad, bool),
+        "cell": np.zeros((3, 3), f) if cell is None else np.asarray(cell, f).reshape(3, 3).copy(),
+        "pbc": np.broadcast_to(np.asarray(pbc, bool), (3,)).copy(),
+        "senders": np.full(e_pad, n_pad, np.int32), "receivers": np.full(e_pad, n_pad, np.int32),
+        "shifts": np.zeros((e_pad, 3), f),
+    }
+    out["positions"][:n] = positions
+    out["species"][:n] = numbers
+    out["masses"][:n] = np.asarray(masses, np.float64).reshape(n)
+    out["atom_mask"][:n] = True
+    out["senders"][:e] = senders
+    out["receivers"][:e] = receivers
+    out["shifts"][:e] = shifts
+    return out
+
+
+def stack_arrays(padded: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack :func:`pad_arrays` outputs of one shape along a new leading (batch) axis.
+
+    Args:
+      padded: dictionaries from :func:`pad_arrays` with equal ``n_atoms`` and ``n_edges``.
+
+    Returns:
+      The same keys, each with a leading ``[n_batch]`` axis (NumPy, host side).
+
+    Raises:
+      ValueError: empty input, or structures padded to different shapes.
+    """
+    if not padded:
+        raise ValueError("stack_arrays needs at least one structure")
+    shapes = {(p["positions"].shape[0], p["senders"].shape[0]) for p in padded}
+    if len(shapes) != 1:
+        raise ValueError(f"stack_arrays: structures are padded to different (n_atoms, n_edges) "
+                         f"shapes {sorted(shapes)}; pad them to one shape first")
+    return {k: np.stack([p[k] for p in padded]) for k in padded[0]}
 
 
 @struct.dataclass
@@ -160,44 +350,36 @@ class System:
           where: name used in error messages (e.g. ``"frame 12 of train.xyz"``).
 
         Raises:
-          ValueError: empty structure, non-finite positions, unknown element, singular cell,
-            atoms closer than 0.1 Å, or padding smaller than the structure.
+          ValueError: see :func:`validate_arrays` (empty structure, non-finite positions,
+            non-integer or unknown atomic numbers, bad masses, singular cell), atoms closer
+            than 0.1 Å, or padding smaller than the structure.
         """
-        from jaxpot.neighbors import neighbor_list
-
         positions = np.asarray(positions, np.float64)
-        numbers = np.asarray(numbers).astype(np.int64).reshape(-1)
+        numbers = np.asarray(numbers).reshape(-1)
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
         pbc = np.broadcast_to(np.asarray(pbc, bool), (3,)).copy()
-        validate_arrays(positions, numbers, cell, pbc, where=where)
-        n = positions.shape[0]
-        if masses is None:
-            from ase.data import atomic_masses
-
-            masses = atomic_masses[numbers]
-        masses = np.asarray(masses, np.float64).reshape(n)
+        validate_arrays(positions, numbers, cell, pbc, masses=masses, where=where)
+        numbers = numbers.astype(np.int64)
+        edges = {}
         if cutoff is not None:
-            receivers, senders, shifts = neighbor_list(positions, cell, pbc, cutoff)
-            if receivers.size:
-                vec = positions[senders] - positions[receivers] + shifts @ cell
-                dist = np.linalg.norm(vec, axis=1)
-                k = int(np.argmin(dist))
-                if dist[k] < _MIN_DISTANCE:
-                    raise ValueError(
-                        f"{where}: atoms {int(receivers[k])} and {int(senders[k])} overlap "
-                        f"(distance {dist[k]:.4f} Å < {_MIN_DISTANCE} Å)"
-                    )
-        else:
-            receivers = senders = np.zeros(0, np.int32)
-            shifts = np.zeros((0, 3))
-        n_pad = n if n_atoms is None else int(n_atoms)
-        e_pad = receivers.size if n_edges is None else int(n_edges)
-        if n_pad < n:
-            raise ValueError(f"{where}: {n} atoms do not fit in {n_pad} padded slots")
-        if e_pad < receivers.size:
-            raise ValueError(f"{where}: {receivers.size} edges do not fit in {e_pad} padded slots")
-        return _pack(positions, numbers, masses, cell, pbc, receivers, senders, shifts,
-                     n_pad, e_pad, dtype)
+            edges = dict(zip(("receivers", "senders", "shifts"),
+                             find_edges(positions, cell, pbc, cutoff, where=where), strict=True))
+        return cls.from_padded(pad_arrays(
+            positions, numbers, cell=cell, pbc=pbc, masses=masses, n_atoms=n_atoms,
+            n_edges=n_edges, dtype=dtype, where=where, **edges))
+
+    @classmethod
+    def from_padded(cls, arrays: dict, *, put=jax.device_put) -> System:
+        """A System from the output of :func:`pad_arrays` (or :func:`stack_arrays`).
+
+        Args:
+          arrays: ``{field: NumPy array}`` for every field of :class:`System`.
+          put: places the arrays on a device (default ``jax.device_put``; a sharded placement
+            works too; ``put=lambda x: x`` keeps NumPy arrays).
+        """
+        # device_put on finished NumPy arrays, not jnp.asarray(x, dtype): the latter compiles a
+        # conversion for every new shape (one per structure when edge counts vary).
+        return put(cls(**{f.name: arrays[f.name] for f in dataclasses.fields(cls)}))
 
     @classmethod
     def from_ase(cls, atoms, cutoff: float | None = None, **kwargs) -> System:
@@ -228,60 +410,44 @@ class System:
             masses=np.asarray(self.masses, np.float64)[mask],
         )
 
+    def _real_arrays(self, what: str, *, edges: bool = True) -> dict:
+        """The real atoms (and edges) as host arrays, in :func:`pad_arrays`' keywords."""
+        if np.ndim(self.positions) != 2:
+            raise ValueError(f"{what} works on one structure; unstack a batch first")
+        mask = np.asarray(self.atom_mask, bool)
+        n_real = int(mask.sum())
+        if not mask[:n_real].all():
+            raise ValueError(f"{what} expects real atoms first, padding last")
+        out = {"positions": np.asarray(self.positions)[:n_real],
+               "numbers": np.asarray(self.species)[:n_real],
+               "masses": np.asarray(self.masses)[:n_real],
+               "cell": np.asarray(self.cell), "pbc": np.asarray(self.pbc)}
+        if edges:
+            e_mask = np.asarray(self.senders) < self.n_atoms
+            out.update(receivers=np.asarray(self.receivers)[e_mask],
+                       senders=np.asarray(self.senders)[e_mask],
+                       shifts=np.asarray(self.shifts)[e_mask])
+        return out
+
     def with_edges(self, cutoff: float, n_edges: int | None = None) -> System:
         """Recompute the edges on the host for ``cutoff`` (unbatched; keeps atom padding)."""
-        mask = np.asarray(self.atom_mask, bool)
-        if not mask[: mask.sum()].all():
-            raise ValueError("with_edges expects real atoms first, padding last")
+        a = self._real_arrays("with_edges", edges=False)
         return System.from_arrays(
-            np.asarray(self.positions)[mask], np.asarray(self.species)[mask],
-            cell=np.asarray(self.cell), pbc=np.asarray(self.pbc),
-            masses=np.asarray(self.masses)[mask], cutoff=cutoff, n_atoms=self.n_atoms,
-            n_edges=n_edges, dtype=self.positions.dtype,
+            a["positions"], a["numbers"], cell=a["cell"], pbc=a["pbc"], masses=a["masses"],
+            cutoff=cutoff, n_atoms=self.n_atoms, n_edges=n_edges, dtype=self.positions.dtype,
         )
 
     def pad(self, n_atoms: int, n_edges: int) -> System:
         """Pad (host side) to ``n_atoms`` atom slots and ``n_edges`` edge slots."""
-        mask = np.asarray(self.atom_mask, bool)
-        edge_mask = np.asarray(self.edge_mask, bool)
-        n_real = int(mask.sum())
-        if not mask[:n_real].all():
-            raise ValueError("pad expects real atoms first, padding last")
-        if n_atoms < n_real or n_edges < int(edge_mask.sum()):
+        a = self._real_arrays("pad")
+        n_real, e_real = a["positions"].shape[0], a["receivers"].shape[0]
+        if n_atoms < n_real or n_edges < e_real:
             raise ValueError(
-                f"cannot pad a system of {n_real} atoms / {int(edge_mask.sum())} edges "
+                f"cannot pad a system of {n_real} atoms / {e_real} edges "
                 f"into {n_atoms} / {n_edges} slots"
             )
-        return _pack(
-            np.asarray(self.positions)[:n_real], np.asarray(self.species)[:n_real],
-            np.asarray(self.masses)[:n_real], np.asarray(self.cell), np.asarray(self.pbc),
-            np.asarray(self.receivers)[edge_mask], np.asarray(self.senders)[edge_mask],
-            np.asarray(self.shifts)[edge_mask], n_atoms, n_edges, self.positions.dtype,
-        )
-
-
-def _pack(positions, numbers, masses, cell, pbc, receivers, senders, shifts, n_pad, e_pad,
-          dtype) -> System:
-    n = positions.shape[0]
-    e = receivers.size
-    # Convert in NumPy and hand JAX finished arrays: jnp.asarray(x, dtype) would compile a
-    # conversion for every new shape (one per structure when edge counts vary).
-    fdtype = np.dtype(jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype)
-    pos = np.zeros((n_pad, 3), fdtype); pos[:n] = positions  # noqa: E702
-    spc = np.zeros(n_pad, np.int32); spc[:n] = numbers  # noqa: E702
-    mas = np.ones(n_pad, fdtype); mas[:n] = masses  # noqa: E702
-    msk = np.zeros(n_pad, bool); msk[:n] = True  # noqa: E702
-    snd = np.full(e_pad, n_pad, np.int32); snd[:e] = senders  # noqa: E702
-    rcv = np.full(e_pad, n_pad, np.int32); rcv[:e] = receivers  # noqa: E702
-    shf = np.zeros((e_pad, 3), fdtype); shf[:e] = shifts  # noqa: E702
-    # jax.device_put, not jnp.asarray: in recent JAX the latter stages a copy that compiles
-    # once per new shape, which dominated reading a dataset.
-    put = jax.device_put
-    return System(
-        positions=put(pos), species=put(spc), masses=put(mas), atom_mask=put(msk),
-        cell=put(np.asarray(cell, fdtype)), pbc=put(np.asarray(pbc, bool)),
-        senders=put(snd), receivers=put(rcv), shifts=put(shf),
-    )
+        return System.from_padded(pad_arrays(**a, n_atoms=n_atoms, n_edges=n_edges,
+                                             dtype=self.positions.dtype))
 
 
 def default_buckets(maximum: int, *, minimum: int = 8, growth: float = 1.25) -> list[int]:
@@ -305,23 +471,24 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
 
 
 def stack(systems: Sequence[System], *, n_atoms: int | None = None,
-          n_edges: int | None = None) -> System:
+          n_edges: int | None = None, put=jax.device_put) -> System:
     """Pad unbatched systems to common slot counts and stack them along a new leading axis.
 
     Args:
-      systems: unbatched systems.
+      systems: unbatched systems (real atoms first, padding last).
       n_atoms, n_edges: slot counts (default: the largest in ``systems``); choose them with
         :func:`bucket` so that a stream of batches compiles a handful of times.
+      put: device placement of the stacked arrays (see :meth:`System.from_padded`).
     """
     if not systems:
         raise ValueError("stack needs at least one system")
-    n_atoms = n_atoms or max(int(np.sum(s.atom_mask)) for s in systems)
-    n_edges = n_edges or max(int(np.sum(s.edge_mask)) for s in systems)
-    padded = [
-        s if (s.n_atoms == n_atoms and s.n_edges == n_edges) else s.pad(n_atoms, n_edges)
-        for s in systems
-    ]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
+    parts = [s._real_arrays("stack") for s in systems]
+    n_atoms = n_atoms or max(p["positions"].shape[0] for p in parts)
+    n_edges = n_edges or max(p["receivers"].shape[0] for p in parts)
+    dtype = systems[0].positions.dtype
+    padded = [pad_arrays(**p, n_atoms=n_atoms, n_edges=n_edges, dtype=dtype,
+                         where=f"system {k}") for k, p in enumerate(parts)]
+    return System.from_padded(stack_arrays(padded), put=put)
 
 
 def unstack(batch: System) -> list[System]:
