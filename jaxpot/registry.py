@@ -100,4 +100,9 @@ def from_config(config: dict):
     kwargs = config.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise ValueError(f"potential {config['name']!r}: 'kwargs' must be a dict, got {kwargs!r}")
-    return factory(config["name"])(**kwargs)
+    build = factory(config["name"])
+    try:
+        return build(**kwargs)
+    except TypeError as err:  # missing or unexpected arguments for this family
+        raise ValueError(f"potential {config['name']!r}: bad kwargs in its config: {err}"
+                         ) from None
