@@ -50,6 +50,13 @@ def _toy(stats, *, trainable=False):
     return train.attach_element_refs(pot, pot.init(None, None), stats, trainable=trainable)
 
 
+class _OneStepBudget(train.TimeBudget):
+    """A long budget whose clock says "no more time" after the first step (deterministic)."""
+
+    def fits(self, seconds):
+        return False
+
+
 def _config(**kw):
     base = dict(batch_size=3, epochs=3, lr=2e-2, warmup_epochs=0.5, dtype="float64",
                 progress=False, patience=None, stress_weight=0.0)
@@ -158,10 +165,12 @@ def test_fit_resume_after_kill_equals_uninterrupted(datasets, toy, tmp_path):
         return cb
 
     ckpt = tmp_path / "b.ckpt"
-    # A spent time budget: one step, then a clean stop that checkpoints its position.
+    # A budget with room for one step: a clean stop mid-epoch that validates the EMA
+    # parameters and checkpoints its position.
     first = train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,
-                      deadline=time.monotonic())
+                      budget=_OneStepBudget(3600.0))
     assert first.stop_reason == "time_budget" and int(first.state.step) == 1
+    assert first.best["partial"] and first.n_steps == 1
     # Killed mid-epoch 2 (work since the epoch-1 checkpoint is lost), then mid-epoch 3.
     with pytest.raises(Killed):
         train.fit(pot, params, tr, va, cfg, stats=st, checkpoint_path=ckpt,

@@ -307,8 +307,17 @@ def bpnn(config: BPNNConfig | dict | None = None, **overrides) -> Potential:
     """
     cfg = _make(config, overrides)
     model = _BPNN(cfg)
-    return Potential(model.init, model.energy, cfg.cutoff,
-                     {"name": "bpnn", "kwargs": cfg.to_dict()})
+    pot = Potential(model.init, model.energy, cfg.cutoff,
+                    {"name": "bpnn", "kwargs": cfg.to_dict()},
+                    atomic=lambda params, system: {"energy": model.atomic_energies(params, system)},
+                    outputs=("energy",),
+                    species=tuple(int(z) for z in np.flatnonzero(model.table >= 0)))
+
+    def prepare_params(params, train_set):
+        """The model protocol's ``prepare``: descriptor standardisation from the data."""
+        return prepare(pot, params, train_set)[1]
+
+    return pot._replace(prepare=prepare_params)
 
 
 def fit_standardisation(potential: Potential, params, systems: Sequence) -> dict:
@@ -389,9 +398,10 @@ def _common_shape(items) -> list[System]:
 
 
 def prepare(potential: Potential, params, train_set, *, max_structures: int = 200):
-    """Training-pipeline hook: fit the standardisation on (up to ``max_structures`` of) the data.
+    """Fit the standardisation on (up to ``max_structures`` of) the training structures.
 
-    Called by :func:`jaxpot.train.train` for models whose factory has a ``prepare`` attribute.
+    A :func:`bpnn` potential declares this as its ``prepare`` (the model protocol), which
+    :func:`jaxpot.train.train` runs once before gradient training.
 
     Returns:
       ``(potential, params)``.
@@ -402,5 +412,3 @@ def prepare(potential: Potential, params, train_set, *, max_structures: int = 20
         structures = [structures[i] for i in pick]
     return potential, fit_standardisation(potential, params, structures)
 
-
-bpnn.prepare = prepare

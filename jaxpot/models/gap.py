@@ -248,6 +248,29 @@ def _energy_fn(kern: _Kernel):
     return energy
 
 
+def _atomic_fn(kern: _Kernel):
+    def atomic(params, system: System) -> dict:
+        """Atomic energies ``[n_atoms]`` eV and their latent variances ``[n_atoms]`` eV²."""
+        idx, unknown = species_index(kern.table, system.species, system.atom_mask)
+        p = kern.descriptors(system)
+        same = kern._same(system, params["sparse_species"])
+        rows = jnp.where(same, jax.lax.integer_pow(p @ params["sparse_descriptors"].T,
+                                                    kern.zeta), 0.0)  # [n, M], unit δ
+        shift = params["atomic_shift"][idx]
+        energy = jnp.where(system.atom_mask, rows @ params["weights"] + shift, 0.0)
+        d2 = params["delta2"]
+        r = (d2 * rows).T  # [M, n]
+        a = jax.scipy.linalg.solve_triangular(params["chol_kmm"], r, lower=True)
+        b = jax.scipy.linalg.solve_triangular(params["chol_a"], r, lower=True)
+        # prior variance of one atomic energy: δ² k(p̂, p̂) = δ² (p̂ normalised)
+        var = jnp.maximum(d2 - jnp.sum(a * a, 0) + jnp.sum(b * b, 0), 0.0)
+        var = jnp.where(system.atom_mask, var, 0.0)
+        nan = jnp.where(unknown, jnp.nan, 0.0)
+        return {"energy": energy + nan, "variance": var + nan}
+
+    return atomic
+
+
 @register("gap")
 def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
     """A GAP potential (fit its params with :func:`fit_gap`; ``init`` gives an empty model).
@@ -270,7 +293,14 @@ def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
         del key
         return _init_params(kern, system.positions.dtype)
 
-    return Potential(init, _energy_fn(kern), cfg.cutoff, {"name": "gap", "kwargs": cfg.to_dict()})
+    def fit(structures, *, refs=None, deadline=None, verbose=False, seed=None):
+        """Closed-form fit (the model protocol's ``fit``): :func:`fit_gap` with this config."""
+        extra = {} if seed is None else {"seed": int(seed)}
+        return fit_gap(structures, cfg, refs=refs, deadline=deadline, verbose=verbose, **extra)
+
+    return Potential(init, _energy_fn(kern), cfg.cutoff, {"name": "gap", "kwargs": cfg.to_dict()},
+                     atomic=_atomic_fn(kern), outputs=("energy", "variance"),
+                     species=tuple(int(z) for z in np.flatnonzero(kern.table >= 0)), fit=fit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +381,7 @@ def gap_uncertainty_report(potential: Potential, params, frames, *, sigma_force:
 
     Args:
       potential, params: a fitted GAP (:func:`fit_gap`).
-      frames: a :class:`jaxpot.data.Dataset` (or structures) with energy and force labels.
+      frames: labelled structures (a :class:`jaxpot.data.Dataset`) with energy and forces.
       sigma_force: the fitted force noise, eV/Å (``GAPFitInfo.sigma_force``), added to the
         latent variance for the coverage figures.
       deadline: ``time.monotonic()`` at which to stop evaluating (at least 5 frames are).
@@ -363,8 +393,9 @@ def gap_uncertainty_report(potential: Potential, params, frames, *, sigma_force:
     from scipy.stats import spearmanr
 
     predict = gap_predictor(potential)
-    frames = _as_dataset(frames, potential.cutoff)
-    n_at, n_ed = max(frames.n_atoms), max(frames.n_edges)
+    frames = _structures(frames)
+    n_at = max(s.n_atoms for s in frames)
+    n_ed = max(max(s.n_edges for s in frames), 1)
     s_f2 = float(sigma_force) ** 2
     err_c, std_c, cov_c, err_a, std_a, err_s, std_s, e_err, e_std = ([] for _ in range(9))
     for s in frames:
@@ -514,67 +545,73 @@ def _maximize_evidence(solve, start, with_forces: bool, fit_delta: bool, grid: l
     return best
 
 
-def _as_dataset(frames, cutoff: float):
-    from jaxpot import data as jdata
+def _structures(frames) -> list:
+    """Labelled structures (``jaxpot.data.Structure`` or alike) from a dataset or a list."""
+    items = list(getattr(frames, "structures", frames))
+    for k, s in enumerate(items):
+        if not hasattr(s, "system"):
+            raise TypeError(f"gap: item {k} is a {type(s).__name__}, not a labelled structure; "
+                            "pass a jaxpot.data.Dataset (jaxpot.data.from_atoms(frames, "
+                            "cutoff=...)) or use jaxpot.train.fit_gap, which takes ase.Atoms")
+    return items
 
-    if isinstance(frames, jdata.Dataset):
-        return frames
-    return jdata.from_atoms(list(frames), cutoff=cutoff)
+
+def _least_squares_refs(structures) -> dict[int, float]:
+    """Element reference energies ``min Σ_s (E_s − Σ_Z n_sZ e_Z)²`` (minimum-norm lstsq)."""
+    elements = sorted({int(z) for s in structures for z in s.numbers})
+    counts = np.array([[np.count_nonzero(s.numbers == z) for z in elements] for s in structures])
+    energies = np.array([s.energy for s in structures], np.float64)
+    refs, *_ = np.linalg.lstsq(counts.astype(np.float64), energies, rcond=None)
+    return {z: float(r) for z, r in zip(elements, refs, strict=True)}
 
 
-def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float | None = None,
-            verbose: bool = False, **overrides):
-    """Fit a sparse GAP to total energies (and forces) in closed form.
+@dataclasses.dataclass
+class _Sums:
+    """Unit-δ normal-equation pieces accumulated structure by structure (all float64)."""
 
-    Needs 64-bit JAX (it enables ``jax_enable_x64``; do that before creating arrays).
+    g_e: np.ndarray
+    g_f: np.ndarray
+    b_e: np.ndarray
+    b_f: np.ndarray
+    yy_e: float = 0.0
+    yy_f: float = 0.0
+    logn: float = 0.0
+    n_e: int = 0
+    n_f: int = 0
+    n_env: int = 0
+    n_used: int = 0
+    resid_e: list = dataclasses.field(default_factory=list)
+    f_all: list = dataclasses.field(default_factory=list)
 
-    Args:
-      frames: a :class:`jaxpot.data.Dataset` or labelled ``ase.Atoms`` (energy, forces).
-      config: a :class:`GAPConfig`, dict or None; ``**overrides`` replace its fields.
-      deadline: ``time.monotonic()`` time; structures are added (in random order) only while
-        the projected accumulation time fits before it.
-      verbose: print progress to stderr.
+    @classmethod
+    def zeros(cls, m: int) -> _Sums:
+        return cls(np.zeros((m, m)), np.zeros((m, m)), np.zeros(m), np.zeros(m))
 
-    Returns:
-      ``(potential, params, info)``: the :func:`gap` potential, its fitted params and a
-      :class:`GAPFitInfo`.
-    """
-    import sys
+    def add(self, s, k_e, k_f, y: float, use_forces: bool) -> None:
+        m = k_e.shape[0]
+        self.resid_e.append(y / s.n_atoms)
+        self.g_e += np.outer(k_e, k_e) / s.n_atoms
+        self.b_e += k_e * y / s.n_atoms
+        self.yy_e += y * y / s.n_atoms
+        self.logn += math.log(s.n_atoms)
+        self.n_e += 1
+        self.n_env += s.n_atoms
+        self.n_used += 1
+        if use_forces and s.forces is not None:
+            kf = np.asarray(k_f)[: s.n_atoms].reshape(-1, m)
+            yf = np.asarray(s.forces, np.float64).reshape(-1)
+            self.g_f += kf.T @ kf
+            self.b_f += kf.T @ yf
+            self.yy_f += float(yf @ yf)
+            self.n_f += yf.size
+            self.f_all.append(yf)
 
-    from ase.data import atomic_numbers
 
-    from jaxpot import data as jdata
-
-    t0 = time.monotonic()
-    jax.config.update("jax_enable_x64", True)
-    cfg = _make(config, overrides)
-    dataset = _as_dataset(frames, cfg.cutoff)
-    if dataset.cutoff + 1e-9 < cfg.cutoff:
-        raise ValueError(f"gap: data edges built for {dataset.cutoff} Å < model cutoff "
-                         f"{cfg.cutoff} Å")
-    if len(dataset) == 0:
-        raise ValueError("gap: no training structures")
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(dataset))
-    if cfg.max_structures is not None:
-        order = order[: cfg.max_structures]
-    structures = [dataset[int(i)] for i in order]
-    refs = jdata.fit_element_refs(jdata.Dataset(structures, dataset.cutoff))
-    kern = _Kernel(cfg)
-    unknown = set(refs) - {int(z) for z in np.nonzero(kern.table >= 0)[0]}
-    if unknown:
-        raise ValueError(f"gap: elements {sorted(unknown)} are in the data but not in species "
-                         f"{list(cfg.species)}")
-    n_at = max(s.n_atoms for s in structures)
-    n_ed = max(max(s.n_edges for s in structures), 1)
-    systems = [s.system(n_atoms=n_at, n_edges=n_ed, dtype=jnp.float64) for s in structures]
+def _candidates(kern: _Kernel, structures, systems, t0: float, deadline: float | None):
+    """Descriptors ``[N_env, F]`` and centre elements of the candidate sparse environments."""
+    cfg = kern.cfg
     desc = jax.jit(kern.descriptors)
-
-    # -- descriptors of all environments (for the sparse set), within part of the budget
-    def left():
-        return None if deadline is None else deadline - time.monotonic()
-
-    p_all, z_all, used = [], [], []
+    p_all, z_all = [], []
     for k, sy in enumerate(systems):
         p = np.asarray(desc(sy))
         if not np.all(np.isfinite(p)):
@@ -583,7 +620,6 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
         mask = np.asarray(sy.atom_mask, bool)
         p_all.append(p[mask])
         z_all.append(np.asarray(sy.species)[mask])
-        used.append(k)
         if deadline is not None and k >= 2:
             # enough candidates (≥ 3 M environments) or a quarter of the budget spent
             n_cand = sum(len(x) for x in p_all)
@@ -591,196 +627,181 @@ def fit_gap(frames, config: GAPConfig | dict | None = None, *, deadline: float |
             if (n_cand >= 3 * cfg.n_sparse and spent > 0.1 * (deadline - t0)) or (
                     spent > 0.25 * (deadline - t0)):
                 break
-    p_all = np.concatenate(p_all)
-    z_all = np.concatenate(z_all)
+    return np.concatenate(p_all), np.concatenate(z_all)
+
+
+def _sparse_set(p_all: np.ndarray, z_all: np.ndarray, cfg: GAPConfig, rng) -> np.ndarray:
+    """Indices of the M representative environments, per element in proportion."""
     m = min(cfg.n_sparse, p_all.shape[0])
     if m == p_all.shape[0]:
-        chosen = np.arange(m)
-    else:
-        chosen = []
-        for z in np.unique(z_all):
-            sel = np.nonzero(z_all == z)[0]
-            m_z = max(1, int(round(m * sel.size / z_all.size)))
-            m_z = min(m_z, sel.size)
-            pick = (_select_fps if cfg.sparse_method == "fps" else _select_cur)(
-                p_all[sel], m_z, rng)
-            chosen.extend(sel[pick].tolist())
-        chosen = np.asarray(chosen[:m])
-        m = chosen.size
-    sparse = jnp.asarray(p_all[chosen])
-    sparse_z = jnp.asarray(z_all[chosen], jnp.int32)
-    same = z_all[chosen][:, None] == z_all[chosen][None, :]
-    k_mm = np.where(same, (p_all[chosen] @ p_all[chosen].T) ** cfg.zeta, 0.0)
+        return np.arange(m)
+    chosen = []
+    for z in np.unique(z_all):
+        sel = np.nonzero(z_all == z)[0]
+        m_z = min(max(1, int(round(m * sel.size / z_all.size))), sel.size)
+        pick = (_select_fps if cfg.sparse_method == "fps" else _select_cur)(p_all[sel], m_z, rng)
+        chosen.extend(sel[pick].tolist())
+    return np.asarray(chosen[:m])
 
-    # -- accumulate unit-δ normal-equation pieces structure by structure
+
+def _accumulate(kern, sparse, sparse_z, structures, systems, refs, *, deadline, verbose, t0):
+    """Normal-equation sums over the structures that fit before ``deadline``."""
+    import sys
+
     rows_fn = jax.jit(lambda sy: kern.rows(sy, sparse, sparse_z))
-    g_e = np.zeros((m, m))
-    g_f = np.zeros((m, m))
-    b_e = np.zeros(m)
-    b_f = np.zeros(m)
-    yy_e = yy_f = logn = 0.0
-    n_e = n_f = 0
-    n_env = 0
-    resid_e = []
-    f_all = []
+    sums = _Sums.zeros(sparse.shape[0])
     t_acc = time.monotonic()
-    n_used = 0
     for k, (s, sy) in enumerate(zip(structures, systems, strict=True)):
         if deadline is not None and k >= 1:
             per = (time.monotonic() - t_acc) / k
             if time.monotonic() + 1.5 * per + 5.0 > deadline:
                 break
         k_e, k_f = rows_fn(sy)
-        k_e = np.asarray(k_e)
         y = s.energy - sum(refs[int(z)] for z in s.numbers)
-        resid_e.append(y / s.n_atoms)
-        g_e += np.outer(k_e, k_e) / s.n_atoms
-        b_e += k_e * y / s.n_atoms
-        yy_e += y * y / s.n_atoms
-        logn += math.log(s.n_atoms)
-        n_e += 1
-        n_env += s.n_atoms
-        if cfg.use_forces and s.forces is not None:
-            kf = np.asarray(k_f)[: s.n_atoms].reshape(-1, m)
-            yf = np.asarray(s.forces, np.float64).reshape(-1)
-            g_f += kf.T @ kf
-            b_f += kf.T @ yf
-            yy_f += float(yf @ yf)
-            n_f += yf.size
-            f_all.append(yf)
-        n_used += 1
+        sums.add(s, np.asarray(k_e), k_f, y, kern.cfg.use_forces)
         if verbose and (k + 1) % 50 == 0:
             print(f"gap: {k + 1}/{len(structures)} structures accumulated "
                   f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
-    resid_e = np.asarray(resid_e)
+    return sums
+
+
+def _default_hypers(kern, sums: _Sums, structures, systems) -> tuple[float, float, float]:
+    """Starting ``(δ, σ_E, σ_F)``: δ from the energy spread (and the force scale), σ_E = 1 %
+    of δ, σ_F = 5 % of the force RMS, unless the config fixes them."""
+    cfg = kern.cfg
     delta = cfg.delta
     if delta is None:
-        delta = max(float(np.std(resid_e)), 1e-3)
-        if f_all:
+        delta = max(float(np.std(np.asarray(sums.resid_e))), 1e-3)
+        if sums.f_all:
             # match the prior force variance to the force labels (forces dominate the data)
             prior = jax.jit(kern.prior_variances)
             unit = np.mean([float(np.mean(np.asarray(prior(sy)[1])[: s.n_atoms]))
                             for s, sy in zip(structures[:3], systems[:3], strict=False)])
             if unit > 0:
-                delta = max(delta, math.sqrt(np.mean(np.concatenate(f_all) ** 2) / unit))
-    f_rms = float(np.sqrt(np.mean(np.concatenate(f_all) ** 2))) if f_all else 0.0
+                delta = max(delta, math.sqrt(np.mean(np.concatenate(sums.f_all) ** 2) / unit))
+    f_rms = float(np.sqrt(np.mean(np.concatenate(sums.f_all) ** 2))) if sums.f_all else 0.0
     s_e0 = cfg.sigma_energy or max(0.01 * delta, 1e-4)
     s_f0 = cfg.sigma_force or max(0.05 * f_rms, 1e-3)
-    eye = np.eye(m)
+    return delta, s_e0, s_f0
+
+
+def _solver(k_mm: np.ndarray, sums: _Sums, jitter: float):
+    """``solve(δ, σ_E, σ_F) -> (α, L_A, L_MM, δ², log ML)`` on the host in float64."""
+    eye = np.eye(k_mm.shape[0])
+    n_f = sums.n_f
 
     def solve(d, s_e, s_f):
         d2 = d * d
-        l_mm, kmm = _cholesky(d2 * k_mm + cfg.jitter * d2 * eye)
-        a = kmm + d2 * d2 * (g_e / s_e**2 + (g_f / s_f**2 if n_f else 0.0))
-        b = d2 * (b_e / s_e**2 + (b_f / s_f**2 if n_f else 0.0))
+        l_mm, kmm = _cholesky(d2 * k_mm + jitter * d2 * eye)
+        a = kmm + d2 * d2 * (sums.g_e / s_e**2 + (sums.g_f / s_f**2 if n_f else 0.0))
+        b = d2 * (sums.b_e / s_e**2 + (sums.b_f / s_f**2 if n_f else 0.0))
         l_a, _ = _cholesky(a)
         z = np.linalg.solve(l_a, b)
         alpha = np.linalg.solve(l_a.T, z)
-        yy = yy_e / s_e**2 + (yy_f / s_f**2 if n_f else 0.0)
-        logdet_lam = n_e * math.log(s_e**2) + logn + (n_f * math.log(s_f**2) if n_f else 0.0)
+        yy = sums.yy_e / s_e**2 + (sums.yy_f / s_f**2 if n_f else 0.0)
+        logdet_lam = (sums.n_e * math.log(s_e**2) + sums.logn
+                      + (n_f * math.log(s_f**2) if n_f else 0.0))
         fit = yy - float(z @ z)
         logml = -0.5 * (fit + logdet_lam + 2.0 * np.sum(np.log(np.diag(l_a)))
                         - 2.0 * np.sum(np.log(np.diag(l_mm)))
-                        + (n_e + n_f) * math.log(2 * math.pi))
+                        + (sums.n_e + n_f) * math.log(2 * math.pi))
         return alpha, l_a, l_mm, d2, logml
 
-    grid = []
-    best = (delta, s_e0, s_f0)
+    return solve
+
+
+def fit_gap(frames, config: GAPConfig | dict | None = None, *, refs: dict | None = None,
+            deadline: float | None = None, verbose: bool = False, **overrides):
+    """Fit a sparse GAP to total energies (and forces) in closed form.
+
+    The linear algebra runs on the host in NumPy float64 and the descriptors and kernel rows
+    under a scoped ``jax.enable_x64`` (the global JAX setting is left as it is); the returned
+    params are float64 NumPy arrays.
+
+    Args:
+      frames: labelled structures: a :class:`jaxpot.data.Dataset` (or a list of its
+        structures); :func:`jaxpot.train.fit_gap` also takes ``ase.Atoms``.
+      config: a :class:`GAPConfig`, dict or None; ``**overrides`` replace its fields.
+      refs: element reference energies ``{Z: eV}`` (default: least squares on the structures).
+      deadline: ``time.monotonic()`` time; structures are added (in random order) only while
+        the projected accumulation time fits before it.
+      verbose: print progress to stderr.
+
+    Returns:
+      ``(potential, params, info)``: the :func:`gap` potential, its fitted params and a
+      :class:`GAPFitInfo`.
+    """
+    t0 = time.monotonic()
+    cfg = _make(config, overrides)
+    structures = _structures(frames)
+    cutoff = getattr(frames, "cutoff", None)
+    if cutoff is not None and cutoff + 1e-9 < cfg.cutoff:
+        raise ValueError(f"gap: data edges built for {cutoff} Å < model cutoff {cfg.cutoff} Å")
+    if not structures:
+        raise ValueError("gap: no training structures")
+    with jax.enable_x64(True):
+        return _fit(structures, cfg, refs, deadline=deadline, verbose=verbose, t0=t0)
+
+
+def _fit(structures, cfg: GAPConfig, refs, *, deadline, verbose, t0):
+    import sys
+
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(structures))
+    if cfg.max_structures is not None:
+        order = order[: cfg.max_structures]
+    structures = [structures[int(i)] for i in order]
+    refs = _least_squares_refs(structures) if refs is None else refs
+    kern = _Kernel(cfg)
+    unknown = {int(z) for s in structures for z in s.numbers} - set(
+        int(z) for z in np.flatnonzero(kern.table >= 0))
+    if unknown:
+        raise ValueError(f"gap: elements {sorted(unknown)} are in the data but not in species "
+                         f"{list(cfg.species)}")
+    n_at = max(s.n_atoms for s in structures)
+    n_ed = max(max(s.n_edges for s in structures), 1)
+    systems = [s.system(n_atoms=n_at, n_edges=n_ed, dtype=jnp.float64) for s in structures]
+    p_all, z_all = _candidates(kern, structures, systems, t0, deadline)
+    chosen = _sparse_set(p_all, z_all, cfg, rng)
+    m = chosen.size
+    sparse = jnp.asarray(p_all[chosen])
+    sparse_z = jnp.asarray(z_all[chosen], jnp.int32)
+    same = z_all[chosen][:, None] == z_all[chosen][None, :]
+    k_mm = np.where(same, (p_all[chosen] @ p_all[chosen].T) ** cfg.zeta, 0.0)
+    sums = _accumulate(kern, sparse, sparse_z, structures, systems, refs, deadline=deadline,
+                       verbose=verbose, t0=t0)
+    solve = _solver(k_mm, sums, cfg.jitter)
+    grid: list = []
+    best = _default_hypers(kern, sums, structures, systems)
     if cfg.optimize_noise:
-        best = _maximize_evidence(solve, best, n_f > 0, cfg.delta is None, grid)
+        best = _maximize_evidence(solve, best, sums.n_f > 0, cfg.delta is None, grid)
         if verbose:
             print(f"gap: marginal likelihood: δ={best[0]:.4g} eV, σ_E={best[1]:.3g} eV/atom, "
                   f"σ_F={best[2]:.3g} eV/Å", file=sys.stderr, flush=True)
-    delta = best[0]
     alpha, l_a, l_mm, d2, logml = solve(*best)
-    potential = gap(cfg)
     params = {
-        "sparse_descriptors": sparse,
-        "sparse_species": sparse_z,
-        "weights": jnp.asarray(d2 * alpha),
-        "atomic_shift": jnp.asarray([refs.get(int(atomic_numbers[sym]), 0.0)
-                                     for sym in cfg.species], jnp.float64),
-        "chol_kmm": jnp.asarray(l_mm),
-        "chol_a": jnp.asarray(l_a),
-        "delta2": jnp.asarray(d2),
+        "sparse_descriptors": np.asarray(sparse, np.float64),
+        "sparse_species": np.asarray(sparse_z, np.int32),
+        "weights": np.asarray(d2 * alpha, np.float64),
+        "atomic_shift": np.asarray([refs.get(int(z), 0.0) for z in _numbers(cfg.species)],
+                                   np.float64),
+        "chol_kmm": np.asarray(l_mm, np.float64),
+        "chol_a": np.asarray(l_a, np.float64),
+        "delta2": np.asarray(d2, np.float64),
     }
-    if m != cfg.n_sparse:
-        potential = gap(cfg, n_sparse=m)
-    info = GAPFitInfo(n_structures=n_used, n_environments=n_env, n_sparse=m, delta=delta,
-                      sigma_energy=best[1], sigma_force=best[2],
+    potential = gap(cfg) if m == cfg.n_sparse else gap(cfg, n_sparse=m)
+    info = GAPFitInfo(n_structures=sums.n_used, n_environments=sums.n_env, n_sparse=m,
+                      delta=best[0], sigma_energy=best[1], sigma_force=best[2],
                       log_marginal_likelihood=float(logml), grid=grid,
                       time_s=time.monotonic() - t0)
     if verbose:
-        print(f"gap: fitted on {n_used} structures ({n_env} environments), M={m}, "
-              f"δ={delta:.4g} eV, σ_E={best[1]:.3g} eV/atom, σ_F={best[2]:.3g} eV/Å, "
+        print(f"gap: fitted on {sums.n_used} structures ({sums.n_env} environments), M={m}, "
+              f"δ={best[0]:.4g} eV, σ_E={best[1]:.3g} eV/atom, σ_F={best[2]:.3g} eV/Å, "
               f"{info.time_s:.1f} s", file=sys.stderr, flush=True)
     return potential, params, info
 
 
-# ---------------------------------------------------------------------------------------------
-# ``jaxpot train --model gap``
-# ---------------------------------------------------------------------------------------------
+def _numbers(species) -> list[int]:
+    from ase.data import atomic_numbers
 
-
-def train_gap(config, train_set, valid_set, stats, *, t_start: float | None = None) -> dict:
-    """Closed-form training job for the CLI (called by :func:`jaxpot.train.train`).
-
-    Fits on ``train_set`` with :func:`fit_gap` (``config.model_kwargs`` are :class:`GAPConfig`
-    fields; cutoff, species and coordination come from the data), writes ``out/model`` and
-    ``out/config.json``, and evaluates on ``valid_set``.
-
-    Returns:
-      The same summary dict as :func:`jaxpot.train.train` (``stop_reason="closed_form"``).
-    """
-    import json
-    import os
-    import sys
-
-    from ase.data import chemical_symbols
-
-    from jaxpot.serialization import save_model
-    from jaxpot.train.checkpoint import atomic_write_bytes
-    from jaxpot.train.metrics import evaluate
-
-    t_start = time.monotonic() if t_start is None else t_start
-    deadline = (None if config.time_budget_min is None
-                else t_start + 60.0 * float(config.time_budget_min))
-    kwargs = dict(config.model_kwargs or {})
-    kwargs.setdefault("cutoff", float(config.cutoff))
-    kwargs.setdefault("species", [chemical_symbols[z] for z in sorted(stats.element_refs)])
-    kwargs.setdefault("avg_num_neighbors", float(stats.avg_num_neighbors))
-    kwargs.setdefault("seed", int(config.seed))
-    # keep about a third of the budget for validation and saving
-    fit_deadline = None if deadline is None else t_start + 0.65 * (deadline - t_start)
-    potential, params, info = fit_gap(train_set, kwargs, deadline=fit_deadline, verbose=True)
-    os.makedirs(config.out, exist_ok=True)
-    atomic_write_bytes(os.path.join(config.out, "config.json"),
-                       json.dumps(config.to_dict(), indent=2).encode())
-    vdeadline = None if deadline is None else deadline - 2.0
-    metrics = evaluate(potential, params, valid_set,
-                       batch_size=config.eval_batch_size or config.batch_size,
-                       deadline=vdeadline) if len(valid_set) else None
-    best = dict(metrics or {})
-    best["fit"] = dataclasses.asdict(info)
-    if len(valid_set) and valid_set.has_forces and (deadline is None
-                                                    or time.monotonic() < vdeadline):
-        unc = gap_uncertainty_report(potential, params, valid_set, sigma_force=info.sigma_force,
-                                     deadline=vdeadline)
-        best["uncertainty"] = unc
-        print(f"jaxpot train: force uncertainty on {unc['n_frames']} validation frames: "
-              f"Spearman(σ, |ΔF|) {unc['spearman_component']:.2f} per component (a calibrated "
-              f"model: {unc['spearman_component_ceiling']:.2f}), "
-              f"{unc['spearman_atom']:.2f} per atom, {unc['spearman_structure']:.2f} per frame; "
-              f"|ΔF| < 1σ / 2σ for {100 * unc['coverage_1sigma']:.0f} % / "
-              f"{100 * unc['coverage_2sigma']:.0f} % of components", file=sys.stderr, flush=True)
-    model_path = os.path.join(config.out, "model")
-    save_model(model_path, potential, params,
-               metadata={"statistics": stats.to_dict(), "valid_metrics": best,
-                         "train_config": config.to_dict(), "stop_reason": "closed_form"})
-    print(f"jaxpot train: GAP fitted in closed form; model {model_path}; "
-          f"{time.monotonic() - t_start:.1f} s", file=sys.stderr, flush=True)
-    return {"model": model_path, "best": best, "stop_reason": "closed_form", "epochs": 0,
-            "history": [], "n_traces": 0}
-
-
-gap.train = train_gap
+    return [int(atomic_numbers[s]) if isinstance(s, str) else int(s) for s in species]

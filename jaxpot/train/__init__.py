@@ -11,10 +11,14 @@ or from a config, as ``jaxpot train`` does: ``train.train(train.TrainConfig(trai
 model="nequip", out="run"))``.
 """
 
-from jaxpot.train.checkpoint import load_checkpoint, save_checkpoint
+from jaxpot.train.budget import TimeBudget
+from jaxpot.train.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
+from jaxpot.train.closed_form import fit_gap
 from jaxpot.train.loop import (
     FitResult,
+    IncompleteTraining,
     TrainConfig,
+    TrainingDiverged,
     attach_element_refs,
     build_model,
     fit,
@@ -41,7 +45,12 @@ from jaxpot.train.state import (
 from jaxpot.train.step import make_eval_step, make_train_step
 
 __all__ = [
+    "Checkpointer",
     "FitResult",
+    "IncompleteTraining",
+    "TimeBudget",
+    "TrainingDiverged",
+    "fit_gap",
     "LossWeights",
     "TrainConfig",
     "TrainState",

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 from flax import serialization
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+__all__ = ["Checkpointer", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
+           "fingerprint_differences"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -100,3 +102,66 @@ def load_checkpoint(path: str | os.PathLike, state_template, params_template):
         raise ValueError(f"{path}: checkpoint does not match this model/optimizer ({err}); "
                          "use a fresh output directory or --restart") from err
     return state, best, json.loads(raw["meta"])
+
+
+def fingerprint_differences(saved: dict | None, current: dict | None) -> list[str]:
+    """What differs between two run fingerprints, one phrase per field (empty: same run).
+
+    A fingerprint is a flat JSON dict (model, its options, the data files' content hashes, batch
+    size, seed, ...; see :func:`jaxpot.train.runfiles.fingerprint`). A side without one
+    (a checkpoint of an older jaxpot) differs from everything.
+    """
+    if current is None:
+        return []
+    if saved is None:
+        return ["the checkpoint has no run fingerprint (written by an older jaxpot)"]
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if a != b:
+            out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+class Checkpointer:
+    """Where a run checkpoints to, what run it belongs to, and how long a write takes.
+
+    Args:
+      path: the checkpoint file (None: checkpointing off; every method is then a no-op).
+      fingerprint: identity of the run (config and data hashes); stored in every checkpoint,
+        and a checkpoint of a different run is refused on :meth:`load`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, *, fingerprint: dict | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.fingerprint = fingerprint
+        self.seconds = 0.0  # duration of the last write (the budget reserves it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def exists(self) -> bool:
+        return self.path is not None and os.path.exists(self.path)
+
+    def save(self, state, best_params, meta: dict) -> None:
+        """Write atomically; ``meta`` gets the fingerprint."""
+        if self.path is None:
+            return
+        t0 = time.monotonic()
+        save_checkpoint(self.path, state, best_params, {**meta, "fingerprint": self.fingerprint})
+        self.seconds = time.monotonic() - t0
+
+    def load(self, state_template, params_template):
+        """``(state, best_params, meta)``, refusing a checkpoint of another run.
+
+        Raises:
+          ValueError: the checkpoint's fingerprint differs (each difference named), or its
+            structure does not match the templates.
+        """
+        state, best, meta = load_checkpoint(self.path, state_template, params_template)
+        diff = fingerprint_differences(meta.get("fingerprint"), self.fingerprint)
+        if diff:
+            raise ValueError(f"{self.path} belongs to a different run ({'; '.join(diff)}); "
+                             "use --restart to start over, or another --out")
+        return state, best, meta

@@ -7,6 +7,11 @@ Two entry points:
 * :func:`train` does the whole job from a :class:`TrainConfig` (what ``jaxpot train`` runs):
   read data, fit element references, build the model, :func:`fit`, save the model file,
   metrics and plots.
+
+:func:`fit` is built from pieces a later change can swap: a :class:`~jaxpot.train.TimeBudget`
+(one clock for the whole run), a :class:`~jaxpot.train.Checkpointer`, an epoch loop
+(:class:`_Trainer`), and the jitted step of :func:`~jaxpot.train.make_train_step`, which
+consumes batches where ``place`` put them.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ import jax
 import numpy as np
 
 from jaxpot import data as jdata
-from jaxpot.potential import Potential, from_config
-from jaxpot.train.checkpoint import load_checkpoint, save_checkpoint
-from jaxpot.train.loss import LossWeights, default_weights, with_element_refs
+from jaxpot.potential import Potential
+from jaxpot.train.budget import TimeBudget, as_budget
+from jaxpot.train.checkpoint import Checkpointer
+from jaxpot.train.config import TrainConfig
+from jaxpot.train.loss import LossWeights, default_weights
 from jaxpot.train.metrics import evaluate
+from jaxpot.train.model_setup import attach_element_refs, build_model, species_index
 from jaxpot.train.state import BudgetSchedule, TrainState, make_optimizer
 from jaxpot.train.step import make_eval_step, make_train_step
 
-__all__ = ["TrainConfig", "FitResult", "fit", "train", "attach_element_refs", "build_model"]
+__all__ = ["TrainConfig", "FitResult", "TrainingDiverged", "IncompleteTraining", "fit",
+           "train", "attach_element_refs", "build_model", "species_index"]
 
 CSV_FIELDS = [
     "epoch", "step", "time_s", "lr", "train_loss", "valid_loss",
@@ -39,105 +48,19 @@ CSV_FIELDS = [
 ]
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Options of a training run (also the fields of a ``jaxpot train`` YAML file).
+class TrainingDiverged(FloatingPointError):
+    """The loss (or the validation loss) became non-finite.
 
     Attributes:
-      train: training extxyz file.
-      valid: validation extxyz file; if None, ``valid_fraction`` of ``train`` is held out.
-      valid_fraction: held-out fraction when there is no ``valid`` file.
-      energy_key, forces_key, stress_key: label names in the files.
-      model: registered potential name (``nequip``, ``mace``, ``morse``, ...).
-      model_kwargs: keyword arguments of the model factory.
-      cutoff: neighbour cutoff for the edges, Å (also passed to the model if it takes one).
-      batch_size: structures per batch.
-      eval_batch_size: structures per validation batch (default ``batch_size``).
-      epochs: maximum number of epochs (None: until the time budget runs out, or 100 epochs
-        without a budget).
-      lr: peak learning rate.
-      warmup_epochs: linear warm-up length (epochs, may be fractional).
-      decay: ``cosine``, ``exponential`` or ``constant`` after warm-up, over whichever runs
-        out first, the epochs or the time budget (:class:`~jaxpot.train.BudgetSchedule`).
-      final_lr_fraction: final / peak learning rate.
-      optimizer: ``adam`` or ``adamw``; weight_decay for adamw.
-      clip_norm: global gradient-norm clip (0/None disables).
-      ema_decay: parameter EMA decay used for evaluation and the saved model.
-      energy_weight, forces_weight, stress_weight: loss weights; None means the default rule of
-        :func:`jaxpot.train.default_weights` (forces normalised by their RMS, energies
-        balanced against them through ``energy_length``).
-      energy_length: ℓ of the default weights, Å: an energy error of δ per atom weighs as much
-        as a force-component error of δ/ℓ (None: each term divided by its label variance).
-      trainable_refs: train the per-element reference energies too.
-      patience: early-stopping patience in epochs without validation-loss improvement (None:
-        20 without a time budget, off with one, as the learning rate then decays over the
-        whole budget); min_delta: relative improvement that counts.
-      time_budget_min: wall-time budget of the whole run in minutes (None: unlimited).
-      seed: seed for the split, initialisation and shuffling.
-      out: output directory.
-      dtype: ``float32`` or ``float64``.
-      max_shapes: upper bound on padded batch shapes (= compilations per step function).
-      progress: show a tqdm bar (default: only on a terminal and when ``CI`` is not set).
-      plots: write PNG plots.
+      step: optimiser steps taken before the diverging one.
+      best_params: best validated EMA parameters so far (or None).
+      best: their validation metrics (or None).
+      state: the last good :class:`~jaxpot.train.TrainState` (also in the checkpoint).
     """
 
-    train: str | None = None
-    valid: str | None = None
-    valid_fraction: float = 0.1
-    energy_key: str = "energy"
-    forces_key: str | None = "forces"
-    stress_key: str | None = "stress"
-    model: str = "nequip"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    cutoff: float = 5.0
-    batch_size: int = 4
-    eval_batch_size: int | None = None
-    epochs: int | None = None
-    lr: float = 1e-2
-    warmup_epochs: float = 1.0
-    decay: str = "cosine"
-    final_lr_fraction: float = 0.01
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    clip_norm: float | None = 10.0
-    ema_decay: float = 0.99
-    energy_weight: float | None = None
-    forces_weight: float | None = None
-    stress_weight: float | None = None
-    energy_length: float | None = 1.5
-    trainable_refs: bool = False
-    patience: int | None = None
-    min_delta: float = 0.0
-    time_budget_min: float | None = None
-    seed: int = 0
-    out: str = "run"
-    dtype: str = "float32"
-    max_shapes: int = 6
-    progress: bool | None = None
-    plots: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a dict (a parsed YAML file); unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
-        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        out = {}
-        for k, v in d.items():
-            base = types[k].replace(" | None", "")
-            if v is None or base not in ("float", "int"):
-                out[k] = v
-                continue
-            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-                out[k] = float(v) if base == "float" else int(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"training option {k!r} must be a number, got {v!r}") from None
-        return cls(**out)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def __init__(self, msg: str, *, step: int, best_params=None, best=None, state=None):
+        super().__init__(msg)
+        self.step, self.best_params, self.best, self.state = step, best_params, best, state
 
 
 @dataclasses.dataclass
@@ -149,12 +72,15 @@ class FitResult:
         validation happened.
       state: final :class:`~jaxpot.train.TrainState`.
       history: one dict per epoch (the rows of the metrics CSV).
-      best: validation metrics of ``params``.
+      best: validation metrics of ``params`` (None when no validation completed).
       stop_reason: ``"epochs"``, ``"early_stopping"`` or ``"time_budget"``.
       n_traces: compilations of the train step in this call.
       eval_step: the compiled evaluation step (reuse it with :func:`evaluate`).
       shapes: the padded batch shapes used (reuse them to avoid compiling again).
       eval_time_s: last measured (or, if none, estimated) validation time, s.
+      n_steps: optimiser steps taken in this call.
+      first_step_s: seconds from the start of :func:`fit` to the end of its first step
+        (data loading, compilation), or None when no step was taken.
     """
 
     params: Any
@@ -166,6 +92,8 @@ class FitResult:
     eval_step: Any = None
     shapes: list | None = None
     eval_time_s: float = 0.0
+    n_steps: int = 0
+    first_step_s: float | None = None
 
 
 def _progress_enabled(flag: bool | None) -> bool:
@@ -196,6 +124,9 @@ def fit(
     meta_extra: dict | None = None,
     verbose: bool | None = None,
     frozen: list | None = None,
+    budget: TimeBudget | None = None,
+    checkpointer: Checkpointer | None = None,
+    place: Callable | None = None,
 ) -> FitResult:
     """Train ``potential`` from ``params`` with Optax, EMA, early stopping and checkpoints.
 
@@ -205,13 +136,12 @@ def fit(
     written (if ``checkpoint_path``), so a killed run resumed with the same arguments ends with
     exactly the parameters of an uninterrupted run.
 
-    Time budget: with ``deadline`` (``time.monotonic()`` seconds) or
-    ``config.time_budget_min`` (counted from the call), the loop stops before a step would
-    run past the deadline minus the time needed for a final validation, the checkpoint and
-    ``reserve_s`` (estimated from measured step, compile and validation times; before the
-    first validation it trains on as long as the step itself fits, and returns the last EMA
-    parameters if no validation fits). At least one step is always taken. On a budget stop the
-    position is checkpointed (mid-epoch too), and a resumed run continues from that batch.
+    Time budget: with ``budget``, ``deadline`` (``time.monotonic()`` seconds) or
+    ``config.time_budget_min`` (counted from the call), training runs until the budget, in the
+    middle of an epoch if need be, keeping back the measured (or, before any, estimated) time of
+    one validation of the EMA parameters, a checkpoint and ``reserve_s``; it then validates the
+    last EMA parameters (they become the result if better than the best so far) and checkpoints
+    the position, so a resumed run continues from that batch.
 
     Args:
       potential: the model (already including element references).
@@ -220,8 +150,8 @@ def fit(
       config: options (batch size, epochs, lr schedule, patience, seed, dtype ...).
       weights: loss weights (default: :func:`~jaxpot.train.default_weights` of ``stats``).
       stats: training statistics (computed if needed).
-      checkpoint_path: file to checkpoint to and resume from.
-      resume: resume from ``checkpoint_path`` if it exists.
+      checkpoint_path: file to checkpoint to and resume from (or give ``checkpointer``).
+      resume: resume from the checkpoint if it exists.
       csv_path: write the metrics CSV here (rewritten atomically every epoch).
       deadline: absolute ``time.monotonic()`` deadline (overrides ``time_budget_min``).
       reserve_s: seconds to keep free at the end (model saving, plots).
@@ -230,238 +160,308 @@ def fit(
       meta_extra: JSON-serialisable data stored in the checkpoint's meta.
       verbose: print one line per epoch to stderr (default: when the progress bar shows).
       frozen: parameter paths (tuples of dict keys, e.g. ``("atomic_shift",)``) kept fixed.
+      budget: a :class:`~jaxpot.train.TimeBudget` shared with the caller (overrides
+        ``deadline`` and ``time_budget_min``).
+      checkpointer: a :class:`~jaxpot.train.Checkpointer` (overrides ``checkpoint_path``);
+        its fingerprint guards against resuming a different run.
+      place: ``batch -> batch`` applied to every batch before the step (device placement or
+        sharding; default: as the loader made it).
 
     Returns:
       A :class:`FitResult`.
+
+    Raises:
+      TrainingDiverged: the loss became non-finite (the last good state is checkpointed).
+      ValueError: bad options, or a checkpoint of a different run.
     """
-    t_start = time.monotonic()
-    if deadline is None and config.time_budget_min is not None:
-        deadline = t_start + 60.0 * float(config.time_budget_min)
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("dtype float64 needs jax.config.update('jax_enable_x64', True) "
-                         "before any array is created")
-    dtype = jax.numpy.dtype(config.dtype) if config.dtype else None
-    if weights is None:
-        stats = stats or jdata.statistics(train_data)
-        weights = _weights_from_config(config, stats)
-    shapes = jdata.choose_shapes([train_data, valid_data], max_shapes=config.max_shapes)
-    loader = jdata.BatchLoader(train_data, config.batch_size, shapes=shapes, shuffle=True,
-                               seed=config.seed, dtype=dtype)
-    vloader = jdata.BatchLoader(valid_data, config.eval_batch_size or config.batch_size,
-                                shapes=shapes, shuffle=False, dtype=dtype)
-    steps_per_epoch = len(loader)
-    # The optimiser runs at unit rate; the step multiplies its updates by the rate the
-    # schedule gives on the host, so the decay can follow the time budget (BudgetSchedule).
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    optimizer, _ = make_optimizer(
-        1.0, total_steps=1, decay="constant", clip_norm=config.clip_norm,
-        name=config.optimizer, weight_decay=config.weight_decay)
-    # Without an epoch cap a budgeted run trains until its time is up (the schedule follows the
-    # clock); an unbudgeted one stops after 100 epochs.
-    n_epochs = (int(config.epochs) if config.epochs is not None
-                else (100 if deadline is None else 1_000_000))
-    # Early stopping by default only without a budget: with one, the schedule decays over the
-    # whole budget and the best EMA parameters are kept anyway.
-    patience = (config.patience if config.patience is not None
-                else (20 if deadline is None else None))
-    schedule = BudgetSchedule(config.lr, total_steps=n_epochs * steps_per_epoch,
-                              warmup_steps=warmup_steps, decay=config.decay,
-                              final_lr_fraction=config.final_lr_fraction)
-    if frozen:
-        import optax
-
-        frozen_set = {tuple(p) for p in frozen}
-        mask = jax.tree_util.tree_map_with_path(
-            lambda path, _: tuple(getattr(k, "key", k) for k in path) in frozen_set, params)
-        optimizer = optax.chain(optimizer, optax.masked(optax.set_to_zero(), mask))
-    opt_key = (config.clip_norm, config.optimizer, config.weight_decay,
-               tuple(sorted(tuple(p) for p in frozen or ())))
-    train_step, eval_step = _compiled_steps(
-        potential, optimizer, opt_key, weights, config.ema_decay,
-        weights.stress > 0 or valid_data.has_stress)
-    traces_before = train_step.n_traces
-    params = jax.tree.map(lambda x: jax.numpy.asarray(x, _leaf_dtype(x, dtype)), params)
-    state = TrainState.create(params, optimizer, seed=config.seed)
-
-    meta = {"epoch": 0, "batch": 0, "history": [], "best": None, "bad_epochs": 0,
-            "accum": None, "seed": config.seed, "potential": potential.config,
-            "weights": list(weights), "steps_per_epoch": steps_per_epoch,
-            "stop_reason": None}
+    config.validate()
+    budget = as_budget(budget, deadline=deadline, minutes=config.time_budget_min)
+    ckpt = checkpointer or Checkpointer(checkpoint_path)
+    trainer = _Trainer(potential, params, train_data, valid_data, config, budget=budget,
+                       weights=weights, stats=stats, frozen=frozen, reserve_s=reserve_s,
+                       place=place, checkpointer=ckpt)
     if meta_extra:
-        meta.update(meta_extra)
-    best_params = None
-    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
-        state, best_params, saved = load_checkpoint(checkpoint_path, state, state.params)
-        if saved.get("steps_per_epoch") != steps_per_epoch:
-            raise ValueError(f"{checkpoint_path}: written for {saved.get('steps_per_epoch')} "
-                             f"steps per epoch, this run has {steps_per_epoch} (different data "
-                             "or batch size); use --restart")
-        meta.update(saved)
-        meta["stop_reason"] = None
-        schedule.progress = float(meta.get("lr_progress", 0.0))
-
-    history: list[dict] = meta["history"]
-    best = meta["best"]
+        trainer.meta.update(meta_extra)
+    if resume and ckpt.exists():
+        trainer.restore()
     show = _progress_enabled(config.progress)
-    compiled: set = set()
-    t_step = 0.0           # steady-state step time
-    t_compile = 0.0        # largest first-step (compile) time seen
-    t_eval = None          # last measured validation time
-    t_ckpt = 0.0
-    stop_reason = "epochs"
+    trainer.run(callback=callback, csv_path=csv_path, show=show,
+                verbose=show if verbose is None else verbose)
+    return trainer.result()
 
-    def eval_estimate() -> float:
-        if t_eval is not None:
-            return t_eval
-        # Not measured yet: an evaluation step (forces and maybe stress) can take longer to
-        # compile than the train step, hence the factor 2.
-        return 2.0 * len(vloader.used_shapes) * t_compile + len(vloader) * t_step
 
-    def train_end() -> float | None:
-        """When the last step must finish: the deadline less the final validation, the
-        checkpoint and the reserve (None without a budget)."""
-        if deadline is None:
-            return None
-        return deadline - eval_estimate() - t_ckpt - reserve_s
+class _Trainer:
+    """One call of :func:`fit`: loaders, optimiser, schedule, compiled steps, the training
+    state and the clocks that decide when to stop."""
 
-    def out_of_time(shape) -> bool:
-        if deadline is None:
+    def __init__(self, potential, params, train_data, valid_data, config: TrainConfig, *,
+                 budget: TimeBudget, weights, stats, frozen, reserve_s: float, place,
+                 checkpointer: Checkpointer):
+        self.t_start = time.monotonic()
+        if config.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError("dtype float64 needs 64-bit JAX: run inside `with "
+                             "jax.enable_x64(True):` or set jax_enable_x64 at start-up")
+        self.potential, self.config, self.budget = potential, config, budget
+        self.ckpt, self.reserve_s, self.place = checkpointer, float(reserve_s), place
+        dtype = jax.numpy.dtype(config.dtype)
+        if weights is None:
+            weights = _weights_from_config(config, stats or jdata.statistics(train_data))
+        self.weights = weights
+        self.shapes = jdata.choose_shapes([train_data, valid_data], max_shapes=config.max_shapes)
+        self.loader = jdata.BatchLoader(train_data, config.batch_size, shapes=self.shapes,
+                                        shuffle=True, seed=config.seed, dtype=dtype)
+        self.vloader = jdata.BatchLoader(valid_data, config.eval_batch_size or config.batch_size,
+                                         shapes=self.shapes, shuffle=False, dtype=dtype)
+        self.steps_per_epoch = len(self.loader)
+        # Without an epoch cap a budgeted run trains until its time is up (the schedule follows
+        # the clock); an unbudgeted one stops after 100 epochs. Early stopping by default only
+        # without a budget: with one, the rate decays over the whole budget.
+        self.n_epochs = (int(config.epochs) if config.epochs is not None
+                         else (100 if not budget.limited else 1_000_000))
+        self.patience = (config.patience if config.patience is not None
+                         else (None if budget.limited else 20))
+        self.schedule = BudgetSchedule(
+            config.lr, total_steps=self.n_epochs * self.steps_per_epoch,
+            warmup_steps=int(round(config.warmup_epochs * self.steps_per_epoch)),
+            decay=config.decay, final_lr_fraction=config.final_lr_fraction)
+        optimizer, opt_key = _optimizer(config, frozen, params)
+        self.train_step, self.eval_step = _compiled_steps(
+            potential, optimizer, opt_key, weights, config.ema_decay,
+            weights.stress > 0 or valid_data.has_stress)
+        self.traces_before = self.train_step.n_traces
+        params = jax.tree.map(lambda x: jax.numpy.asarray(x, _leaf_dtype(x, dtype)), params)
+        self.state = TrainState.create(params, optimizer, seed=config.seed)
+        self.meta = {"epoch": 0, "batch": 0, "history": [], "best": None, "bad_epochs": 0,
+                     "accum": None, "seed": config.seed, "potential": potential.config,
+                     "weights": list(weights), "steps_per_epoch": self.steps_per_epoch,
+                     "stop_reason": None}
+        self.best_params = None
+        self.compiled: set = set()
+        self.t_step = 0.0      # steady-state step time
+        self.t_compile = 0.0   # largest first-step (compile) time seen
+        self.t_eval = None     # last measured validation time
+        self.n_steps = 0
+        self.first_step_s = None
+        self.stop_reason = "epochs"
+        self.lr = self.schedule.lr
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def restore(self) -> None:
+        state, best_params, saved = self.ckpt.load(self.state, self.state.params)
+        if saved.get("steps_per_epoch") != self.steps_per_epoch:
+            raise ValueError(f"{self.ckpt.path}: written for {saved.get('steps_per_epoch')} "
+                             f"steps per epoch, this run has {self.steps_per_epoch} (different "
+                             "data or batch size); use --restart")
+        self.meta.update(saved)
+        self.meta["stop_reason"] = None
+        self.schedule.progress = float(self.meta.get("lr_progress", 0.0))
+        self.state, self.best_params = state, best_params
+
+    def save(self, state=None) -> None:
+        self.meta.update(history=self.meta["history"], lr_progress=self.schedule.progress)
+        self.ckpt.save(self.state if state is None else state, self.best_params, self.meta)
+
+    # -- the clock -------------------------------------------------------------------------
+
+    def eval_estimate(self) -> float:
+        """Seconds one validation takes: measured, or (before the first) an estimate: an
+        evaluation step can take longer to compile than the train step, hence the 2."""
+        if self.t_eval is not None:
+            return self.t_eval
+        n_shapes = len(self.vloader.used_shapes)
+        return 2.0 * n_shapes * self.t_compile + len(self.vloader) * self.t_step
+
+    def closing_s(self) -> float:
+        """Seconds kept back at the end: the final validation, a checkpoint, the model file
+        (taken as long as a checkpoint, which is larger) and the reserve."""
+        return self.eval_estimate() + 2.0 * self.ckpt.seconds + self.reserve_s
+
+    def train_end(self) -> float | None:
+        """When the last step must finish (None without a budget)."""
+        return None if not self.budget.limited else self.budget.deadline - self.closing_s()
+
+    def out_of_time(self, shape) -> bool:
+        """True when a step of ``shape`` and the closing work no longer fit in the budget.
+        The first step, whose cost is unknown, is taken while the budget lasts."""
+        if not self.budget.limited:
             return False
-        est = t_step if shape in compiled else max(t_compile, t_step)
-        now = time.monotonic()
-        if now + est + t_ckpt + reserve_s > deadline:
-            return True
-        if best is None:
-            # Nothing validated yet: more training beats idling; validation may be dropped.
-            return False
-        return now + est + eval_estimate() + t_ckpt + reserve_s > deadline
+        if not self.compiled:
+            return self.budget.expired()
+        est = self.t_step if shape in self.compiled else max(self.t_compile, self.t_step)
+        return not self.budget.fits(est + self.closing_s())
 
-    def validate(st):
-        """Validation metrics of the EMA params, or None if the budget ran out meanwhile."""
-        nonlocal t_eval
+    # -- steps, epochs, validation ---------------------------------------------------------
+
+    def step(self, batch, shape, epoch: int, position: int, accum: dict) -> tuple[float, dict]:
         t0 = time.monotonic()
-        m = evaluate(potential, st.ema_params, vloader, weights=weights, eval_step=eval_step,
-                     deadline=None if deadline is None else deadline - t_ckpt - reserve_s)
-        if m is not None:
-            t_eval = time.monotonic() - t0
-        return m
+        self.lr = self.schedule(int(self.state.step), t0, self.train_end())
+        if self.place is not None:
+            batch = self.place(batch)
+        prev = self.state
+        self.state, m = self.train_step(prev, batch, np.asarray(self.lr, np.float32))
+        loss = _to_float(m["loss"])  # also waits for the step to finish
+        dt = time.monotonic() - t0
+        if shape in self.compiled:
+            self.t_step = dt if self.t_step == 0.0 else max(0.8 * self.t_step, dt)
+        else:
+            self.compiled.add(shape)
+            self.t_compile = max(self.t_compile, dt)
+        if self.first_step_s is None:
+            self.first_step_s = time.monotonic() - self.t_start
+        if not math.isfinite(loss):
+            self.state = prev
+            self.meta.update(epoch=epoch, batch=position, accum=dict(accum))
+            self.save()
+            raise self.diverged(f"the training loss became {loss} at step "
+                                f"{int(prev.step) + 1} (epoch {epoch + 1}, batch {position + 1}"
+                                f"/{self.steps_per_epoch}) with learning rate {self.lr:.3g}")
+        self.n_steps += 1
+        n_real = _to_float(m["n_structures"])
+        accum["loss_sum"] += loss * n_real
+        accum["n"] += n_real
+        return loss, m
 
-    def checkpoint(st, bp):
-        nonlocal t_ckpt
-        if checkpoint_path is None:
-            return
-        t0 = time.monotonic()
-        meta.update(history=history, best=best, lr_progress=schedule.progress)
-        save_checkpoint(checkpoint_path, st, bp, meta)
-        t_ckpt = time.monotonic() - t0
+    def diverged(self, what: str) -> TrainingDiverged:
+        where = (f"; the last good state is checkpointed in {self.ckpt.path}"
+                 if self.ckpt.enabled else "")
+        return TrainingDiverged(
+            f"training diverged: {what}{where}; lower the learning rate (--lr, now "
+            f"{self.config.lr:g}) or the gradient clip (clip_norm)",
+            step=int(self.state.step), best_params=self.best_params, best=self.meta["best"],
+            state=self.state)
 
-    n_steps_taken = 0
-    lr = schedule.lr
-    epoch = int(meta["epoch"])
-    if meta.get("early_stopped"):
-        stop_reason = "early_stopping"
-        epoch = n_epochs
-    while epoch < n_epochs:
-        start = int(meta["batch"])
-        accum = meta["accum"] or {"loss_sum": 0.0, "n": 0.0}
-        plan = loader.plan(epoch)[start:]
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}",
-                       leave=False, dynamic_ncols=True)
-        stopped = False
-        batches = loader.batches(epoch, start=start)
+    def run_epoch(self, epoch: int, callback, bar) -> str:
+        """Train over the rest of ``epoch``; ``"done"``, or ``"budget"`` when time ran out."""
+        start = int(self.meta["batch"])
+        accum = self.meta["accum"] or {"loss_sum": 0.0, "n": 0.0}
+        plan = self.loader.plan(epoch)[start:]
+        batches = self.loader.batches(epoch, start=start)
         for j, ((shape, _), batch) in enumerate(zip(plan, batches, strict=True)):
-            if n_steps_taken > 0 and out_of_time(shape):
-                stopped = True
-                meta["batch"] = start + j
-                break
-            t0 = time.monotonic()
-            lr = schedule(int(state.step), t0, train_end())
-            state, m = train_step(state, batch, np.asarray(lr, np.float32))
-            loss = _to_float(m["loss"])  # also waits for the step to finish
-            dt = time.monotonic() - t0
-            if shape in compiled:
-                t_step = dt if t_step == 0.0 else max(0.8 * t_step, dt)
-            else:
-                compiled.add(shape)
-                t_compile = max(t_compile, dt)
-            n_steps_taken += 1
-            n_real = _to_float(m["n_structures"])
-            accum["loss_sum"] += loss * n_real
-            accum["n"] += n_real
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step "
-                                         f"{int(state.step)}; lower the learning rate")
+            if self.out_of_time(shape):
+                self.meta.update(batch=start + j, accum=accum)
+                return "budget"
+            loss, m = self.step(batch, shape, epoch, start + j, accum)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}")
             if callback is not None:
-                callback({"event": "step", "epoch": epoch, "batch": start + j, "state": state,
-                          "metrics": m})
-        if bar is not None:
-            bar.close()
-        if (not stopped and deadline is not None
-                and time.monotonic() + eval_estimate() + t_ckpt + reserve_s > deadline):
-            # All batches done but no time to validate: a resumed run validates first.
-            stopped = True
-            meta["batch"] = steps_per_epoch
-        if stopped:
-            stop_reason = "time_budget"
-            meta["accum"] = accum
-            if deadline is None or (time.monotonic() + eval_estimate() + t_ckpt + reserve_s
-                                    < deadline):
-                m = validate(state)
-                if m is not None and (best is None or m["loss"] < best["loss"]):
-                    best, best_params = dict(m, epoch=epoch + 1, partial=True), state.ema_params
-            meta["epoch"] = epoch
-            checkpoint(state, best_params)
-            break
+                callback({"event": "step", "epoch": epoch, "batch": start + j,
+                          "state": self.state, "metrics": m})
+        self.meta.update(batch=self.steps_per_epoch, accum=accum)
+        return "done"
 
-        m = validate(state)
+    def validate(self):
+        """Validation metrics of the EMA params, or None if the budget ran out meanwhile."""
+        t0 = time.monotonic()
+        limit = (None if not self.budget.limited
+                 else self.budget.deadline - self.ckpt.seconds - self.reserve_s)
+        m = evaluate(self.potential, self.state.ema_params, self.vloader, weights=self.weights,
+                     eval_step=self.eval_step, deadline=limit, nonfinite="keep")
+        if m is None:
+            return None
+        self.t_eval = time.monotonic() - t0
+        if not math.isfinite(m["loss"]):
+            raise self.diverged(f"the validation loss of the EMA parameters is {m['loss']} "
+                                f"after step {int(self.state.step)}")
+        return m
+
+    def end_epoch(self, epoch: int, callback, csv_path, verbose: bool) -> bool:
+        """Validate, record and checkpoint a finished epoch; True when training must stop."""
+        m = self.validate()
         if m is None:  # the budget ran out during validation: a resumed run validates first
-            stop_reason = "time_budget"
-            meta.update(accum=accum, batch=steps_per_epoch, epoch=epoch)
-            checkpoint(state, best_params)
-            break
-        row = {"epoch": epoch + 1, "step": int(state.step), "time_s": time.monotonic() - t_start,
-               "lr": lr,
+            self.stop_reason = "time_budget"
+            self.meta["epoch"] = epoch
+            self.save()
+            return True
+        accum = self.meta["accum"]
+        row = {"epoch": epoch + 1, "step": int(self.state.step),
+               "time_s": time.monotonic() - self.t_start, "lr": self.lr,
                "train_loss": accum["loss_sum"] / max(accum["n"], 1.0),
                "valid_loss": m["loss"], **m}
-        history.append(row)
-        improved = best is None or m["loss"] < best["loss"] * (1.0 - config.min_delta)
-        if improved:
-            best, best_params = dict(m, epoch=epoch + 1), state.ema_params
-            meta["bad_epochs"] = 0
+        self.meta["history"].append(row)
+        best = self.meta["best"]
+        if best is None or m["loss"] < best["loss"] * (1.0 - self.config.min_delta):
+            self.meta["best"], self.best_params = dict(m, epoch=epoch + 1), self.state.ema_params
+            self.meta["bad_epochs"] = 0
         else:
-            meta["bad_epochs"] = int(meta["bad_epochs"]) + 1
-        epoch += 1
-        meta.update(epoch=epoch, batch=0, accum=None)
-        early = patience is not None and meta["bad_epochs"] >= patience
-        meta["early_stopped"] = bool(early)
+            self.meta["bad_epochs"] = int(self.meta["bad_epochs"]) + 1
+        early = self.patience is not None and self.meta["bad_epochs"] >= self.patience
+        self.meta.update(epoch=epoch + 1, batch=0, accum=None, early_stopped=bool(early))
         if csv_path is not None:
-            _write_csv(csv_path, history)
-        checkpoint(state, best_params)
-        if show if verbose is None else verbose:
-            _print_epoch(row, config.epochs)
+            _write_csv(csv_path, self.meta["history"])
+        self.save()
+        if verbose:
+            _print_epoch(row, self.config.epochs)
         if callback is not None:
-            callback({"event": "epoch", "epoch": epoch - 1, "batch": steps_per_epoch,
-                      "state": state, "metrics": m})
+            callback({"event": "epoch", "epoch": epoch, "batch": self.steps_per_epoch,
+                      "state": self.state, "metrics": m})
         if early:
-            stop_reason = "early_stopping"
-            break
-        if deadline is not None and epoch < n_epochs:
-            shape0 = loader.plan(epoch)[0][0]
-            if out_of_time(shape0):
-                stop_reason = "time_budget"
-                break
+            self.stop_reason = "early_stopping"
+        return early
 
-    final = best_params if best_params is not None else state.ema_params
-    return FitResult(params=final, state=state, history=history, best=best,
-                     stop_reason=stop_reason, n_traces=train_step.n_traces - traces_before,
-                     eval_step=eval_step, shapes=shapes, eval_time_s=eval_estimate())
+    def budget_stop(self, epoch: int) -> None:
+        """Out of time mid-epoch: validate the last EMA parameters (kept if better than the
+        best so far) and checkpoint the position."""
+        self.stop_reason = "time_budget"
+        self.meta["epoch"] = epoch
+        m = self.validate() if self.n_steps else None
+        best = self.meta["best"]
+        if m is not None and (best is None or m["loss"] < best["loss"]):
+            self.meta["best"] = dict(m, epoch=epoch + 1, partial=True)
+            self.best_params = self.state.ema_params
+        self.save()
+
+    def run(self, *, callback, csv_path, show: bool, verbose: bool) -> None:
+        epoch = int(self.meta["epoch"])
+        if self.meta.get("early_stopped"):
+            self.stop_reason = "early_stopping"
+            return
+        while epoch < self.n_epochs:
+            bar = None
+            if show:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=self.steps_per_epoch, initial=int(self.meta["batch"]),
+                           desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+            try:
+                status = self.run_epoch(epoch, callback, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if status == "budget":
+                self.budget_stop(epoch)
+                return
+            if self.end_epoch(epoch, callback, csv_path, verbose):
+                return
+            epoch += 1
+
+    def result(self) -> FitResult:
+        final = self.best_params if self.best_params is not None else self.state.ema_params
+        return FitResult(params=final, state=self.state, history=self.meta["history"],
+                         best=self.meta["best"], stop_reason=self.stop_reason,
+                         n_traces=self.train_step.n_traces - self.traces_before,
+                         eval_step=self.eval_step, shapes=self.shapes,
+                         eval_time_s=self.eval_estimate(), n_steps=self.n_steps,
+                         first_step_s=self.first_step_s)
+
+
+def _optimizer(config: TrainConfig, frozen, params):
+    """The optimiser at unit rate (the step multiplies its updates by the rate the schedule
+    gives on the host, so the decay can follow the time budget), with frozen leaves masked."""
+    import optax
+
+    optimizer, _ = make_optimizer(1.0, total_steps=1, decay="constant",
+                                  clip_norm=config.clip_norm, name=config.optimizer,
+                                  weight_decay=config.weight_decay)
+    if frozen:
+        frozen_set = {tuple(p) for p in frozen}
+        mask = jax.tree_util.tree_map_with_path(
+            lambda path, _: tuple(getattr(k, "key", k) for k in path) in frozen_set, params)
+        optimizer = optax.chain(optimizer, optax.masked(optax.set_to_zero(), mask))
+    key = (config.clip_norm, config.optimizer, config.weight_decay,
+           tuple(sorted(tuple(p) for p in frozen or ())))
+    return optimizer, key
 
 
 _STEP_CACHE: dict = {}
@@ -519,159 +519,22 @@ def _log(msg: str) -> None:
 def _print_epoch(row: dict, epochs: int | None) -> None:
     of = "" if epochs is None else f"/{epochs}"
     msg = (f"epoch {row['epoch']}{of}  train {row['train_loss']:.4g}  "
-           f"valid {row['valid_loss']:.4g}  E {row['energy_mae_mev_per_atom']:.2f} meV/atom  "
-           f"F {row['force_mae_mev_per_a']:.1f} meV/Å")
+           f"valid {row['valid_loss']:.4g}  E {row['energy_mae_mev_per_atom']:.2f} meV/atom")
+    if "force_mae_mev_per_a" in row:
+        msg += f"  F {row['force_mae_mev_per_a']:.1f} meV/Å"
     if "stress_mae_mev_per_a3" in row:
         msg += f"  S {row['stress_mae_mev_per_a3']:.3f} meV/Å³"
     print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# Model construction and element references
-# ---------------------------------------------------------------------------------------------
-
-
-def build_model(name: str, kwargs: dict | None, *, cutoff: float,
-                stats: jdata.Statistics | None = None) -> Potential:
-    """Build a registered potential, filling in data-derived options the factory accepts.
-
-    ``cutoff``, ``avg_num_neighbors`` and the element list (``species`` / ``elements``) are
-    added from the data unless ``kwargs`` sets them, when the factory names them as arguments
-    or takes ``**kwargs`` (config-style factories such as ``nequip``); if the factory rejects
-    them, it is called with ``kwargs`` alone.
-    """
-    import inspect
-
-    from jaxpot import potential as _pot
-
-    kwargs = dict(kwargs or {})
-    if name not in _pot._REGISTRY:
-        import jaxpot.models  # noqa: F401
-        import jaxpot.potentials  # noqa: F401
-    factory = _pot._REGISTRY.get(name)
-    if factory is None:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_pot.registered())}")
-    try:
-        sig = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        sig = {}
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
-    extra = {"cutoff": float(cutoff)}
-    if stats is not None:
-        extra["avg_num_neighbors"] = float(stats.avg_num_neighbors)
-        from ase.data import chemical_symbols
-
-        symbols = [chemical_symbols[z] for z in sorted(stats.element_refs)]
-        extra["species"] = symbols
-        extra["elements"] = symbols
-    if var_kw:
-        keys = ["cutoff", "avg_num_neighbors", "species"]
-    else:
-        keys = [k for k in extra if k in sig]
-    filled = dict(kwargs)
-    for k in keys:
-        if k in extra and not ({"species", "elements"} & set(kwargs) and k in ("species",
-                                                                              "elements")):
-            filled.setdefault(k, extra[k])
-    try:
-        return from_config({"name": name, "kwargs": filled})
-    except (TypeError, ValueError):
-        if filled == kwargs:
-            raise
-        return from_config({"name": name, "kwargs": kwargs})
-
-
-def species_index(potential: Potential) -> dict[int, int] | None:
-    """``{atomic number: row}`` of a model's per-species arrays, from its config's ``species``."""
-    from ase.data import atomic_numbers
-
-    kw = potential.config.get("kwargs", {}) if isinstance(potential.config, dict) else {}
-    species = kw.get("species")
-    if not isinstance(species, list | tuple):
-        return None
-    return {int(atomic_numbers[s]) if isinstance(s, str) else int(s): i
-            for i, s in enumerate(species)}
-
-
-_SHIFT_NAMES = ("atomic_shift",)
-_SCALE_NAMES = ("atomic_scale",)
-
-
-def _find_leaf(params, names):
-    """Path (tuple of keys) of the first dict entry named in ``names`` holding a 1-D array."""
-    if not isinstance(params, dict):
-        return None
-    for k, v in params.items():
-        if k in names and np.ndim(v) == 1:
-            return (k,)
-    for k, v in params.items():
-        sub = _find_leaf(v, names) if isinstance(v, dict) else None
-        if sub is not None:
-            return (k,) + sub
-    return None
-
-
-def _set_leaf(params, path, value):
-    if len(path) == 1:
-        return {**params, path[0]: value}
-    return {**params, path[0]: _set_leaf(params[path[0]], path[1:], value)}
-
-
-def _get_leaf(params, path):
-    for k in path:
-        params = params[k]
-    return params
-
-
-def attach_element_refs(potential: Potential, params, stats: jdata.Statistics, *,
-                        trainable: bool = False, species_index: dict[int, int] | None = None):
-    """Put the fitted per-element reference energies (and the force scale) into the model.
-
-    If ``params`` contain a per-species atomic shift array (a 1-D leaf named ``atomic_shift``,
-    as the ``jaxpot.models`` families have; ``species_index`` maps atomic number → row, or
-    rows are atomic numbers when the array has 119 entries) it is set to the references, and
-    the matching ``atomic_scale`` array to the force RMS. Otherwise the potential is wrapped with
-    :func:`~jaxpot.train.with_element_refs`, which adds ``Σ_i e_{Z_i}`` (constants, or
-    trainable with ``trainable=True``). :func:`train` keeps a model's own ``atomic_shift``
-    fixed unless ``trainable_refs`` (``fit(..., frozen=[path])``); ``atomic_scale`` trains.
-
-    Returns:
-      ``(potential, params)``.
-
-    Raises:
-      ValueError: the data has an element the model's species list lacks.
-    """
-    path = _find_leaf(params, _SHIFT_NAMES)
-    if path is not None:
-        shift = np.array(_get_leaf(params, path), np.float64)
-        index = species_index
-        if index is None and shift.shape[0] >= 119:
-            index = {z: z for z in stats.element_refs}
-        if index is not None:
-            for z, v in stats.element_refs.items():
-                if z not in index:
-                    raise ValueError(f"element Z={z} is in the data but not in the model's "
-                                     f"species {sorted(index)}")
-                shift[index[z]] = v
-            params = _set_leaf(params, path, jax.numpy.asarray(
-                shift, jax.numpy.asarray(_get_leaf(params, path)).dtype))
-            spath = _find_leaf(params, _SCALE_NAMES)
-            if spath is not None and stats.force_rms > 0:
-                old = jax.numpy.asarray(_get_leaf(params, spath))
-                params = _set_leaf(params, spath, jax.numpy.full_like(old, stats.force_rms))
-            return potential, params
-    wrapped = with_element_refs(potential, stats.element_refs, trainable=trainable)
-    new = {"model": params}
-    if trainable:
-        from jaxpot.train.loss import element_refs_table
-
-        new["element_refs"] = element_refs_table(stats.element_refs)
-    return wrapped, new
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole job
 # ---------------------------------------------------------------------------------------------
+
+
+class IncompleteTraining(RuntimeError):
+    """A budgeted run ended before any validation; no model was written (see
+    ``TrainConfig.keep_incomplete``)."""
 
 
 def _read(path, config: TrainConfig) -> jdata.Dataset:
@@ -685,7 +548,11 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
 
     Writes into ``config.out``: ``model`` (a :func:`jaxpot.save_model` file of the best EMA
     parameters), ``metrics.csv``, ``plots/learning_curve.png``, ``plots/parity.png``,
-    ``checkpoint`` (resumed from when present and ``resume``), ``config.json``.
+    ``checkpoint`` (resumed from when present and ``resume``), ``config.json`` and ``run.json``
+    (the run's fingerprint). Everything is checked before anything is written or deleted: the
+    options, that the input files exist, and that ``out`` holds no files this run would
+    overwrite other than those of the same run (:func:`jaxpot.train.runfiles.claim_out_dir`).
+    With ``dtype="float64"`` the job runs under a scoped ``jax.enable_x64``.
 
     Args:
       config: the options.
@@ -694,114 +561,181 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
       callback: passed to :func:`fit`.
 
     Returns:
-      ``{"model": path, "best": metrics, "stop_reason": ..., "epochs": n, "history": [...]}``.
+      ``{"model": path, "best": metrics, "stop_reason": ..., "epochs": n, "history": [...],
+      "n_traces", "n_steps", "first_step_s"}``.
+
+    Raises:
+      ValueError: bad options or inputs, or an output directory that is not this run's.
+      TrainingDiverged: the loss became non-finite (the best validated model so far, if any,
+        is written).
+      IncompleteTraining: no validation fitted in the budget and not ``keep_incomplete``.
     """
+    config.validate()
+    budget = TimeBudget.minutes(config.time_budget_min, start=t_start)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):
+            return _train(config, budget, resume, callback)
+    return _train(config, budget, resume, callback)
+
+
+def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> dict:
+    from jaxpot.train.checkpoint import atomic_write_bytes
+
+    fp, train_set, valid_set, stats = _prepare_run(config, resume, budget)
+    model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff, stats=stats)
+    if model.fit is not None:  # fitted in closed form (e.g. gap), not by gradient descent
+        from jaxpot.train.closed_form import train_closed_form
+
+        return train_closed_form(config, model, train_set, valid_set, stats, budget=budget)
+    ckpt = Checkpointer(os.path.join(config.out, "checkpoint"), fingerprint=fp)
+    potential, params, frozen = _gradient_model(config, model, train_set, stats, ckpt, resume)
+    atomic_write_bytes(os.path.join(config.out, "config.json"),
+                       _json(config.to_dict()).encode())
+    # Kept free after the loop for writing the model (plus a measured checkpoint-sized write).
+    reserve_s = 0.0 if not budget.limited else max(2.0, 0.01 * budget.seconds)
+    try:
+        result = fit(potential, params, train_set, valid_set, config, stats=stats,
+                     frozen=frozen, checkpointer=ckpt, resume=resume,
+                     csv_path=os.path.join(config.out, "metrics.csv"), budget=budget,
+                     reserve_s=reserve_s, callback=callback,
+                     meta_extra={"statistics": stats.to_dict()}, verbose=True)
+    except TrainingDiverged as err:
+        if err.best_params is not None:
+            path = _save(config, potential, err.best_params, err.best, stats, "diverged")
+            raise TrainingDiverged(f"{err}; the best validated parameters (epoch "
+                                   f"{err.best.get('epoch')}) are in {path}", step=err.step,
+                                   best_params=err.best_params, best=err.best) from None
+        raise
+    return _finish(config, potential, result, stats, valid_set, budget)
+
+
+def _json(d: dict) -> str:
     import json
 
-    t_start = time.monotonic() if t_start is None else t_start
-    deadline = (None if config.time_budget_min is None
-                else t_start + 60.0 * float(config.time_budget_min))
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    return json.dumps(d, indent=2)
+
+
+def _prepare_run(config: TrainConfig, resume: bool, budget: TimeBudget):
+    """Check inputs and the output directory, read the data; only then drop an old checkpoint
+    (``resume=False``)."""
+    from jaxpot.train.runfiles import claim_out_dir, fingerprint, same_file_or_content
+
     if not config.train:
         raise ValueError("no training data: set 'train' in the config or pass --train PATH")
-    out = config.out
-    os.makedirs(out, exist_ok=True)
-    ckpt = os.path.join(out, "checkpoint")
-    if not resume and os.path.exists(ckpt):
-        os.unlink(ckpt)
+    fp = fingerprint(config)  # also: the input files exist
+    if config.valid and same_file_or_content(config.train, config.valid):
+        _log(f"warning: --valid {config.valid} holds the same data as --train {config.train}: "
+             "validation errors will not measure how the model generalises")
+    claim_out_dir(config.out, config, fp, restart=not resume)
     _log(f"reading {config.train}" + (f" and {config.valid}" if config.valid else ""))
     train_set = _read(config.train, config)
     if config.valid:
         valid_set = _read(config.valid, config)
+        check = getattr(jdata, "check_overlap", None)
+        if check is not None:
+            check(train_set, valid_set)
     else:
         train_set, valid_set = jdata.split(train_set, config.valid_fraction, seed=config.seed)
+    ckpt = os.path.join(config.out, "checkpoint")
+    if not resume and os.path.exists(ckpt):
+        os.unlink(ckpt)
     stats = jdata.statistics(train_set)
     _log(f"data: {len(train_set)} train / {len(valid_set)} valid structures, "
          f"{stats.avg_num_neighbors:.1f} neighbours per atom within {config.cutoff} Å, "
          f"E std {1e3 * stats.energy_std_per_atom:.2f} meV/atom after element refs, "
-         f"F rms {1e3 * stats.force_rms:.0f} meV/Å ({time.monotonic() - t_start:.1f} s)")
-    hooks = _factory_hooks(config.model)
-    if "train" in hooks:  # a model fitted in closed form (e.g. gap), not by gradient descent
-        return hooks["train"](config, train_set, valid_set, stats, t_start=t_start)
+         f"F rms {1e3 * stats.force_rms:.0f} meV/Å ({budget.elapsed():.1f} s)")
+    return fp, train_set, valid_set, stats
 
-    if resume and os.path.exists(ckpt):
-        saved_cfg = _read_meta_potential(ckpt)
-        potential = from_config(saved_cfg)
+
+def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
+                    ckpt: Checkpointer, resume: bool):
+    """``(potential, params, frozen)`` for :func:`fit`: the checkpoint's model when resuming,
+    else ``model`` initialised, prepared (its declared ``prepare``) and given element refs."""
+    from jaxpot.potential import from_config
+    from jaxpot.train.model_setup import SHIFT_KEY, has_atomic_offsets
+
+    if resume and ckpt.exists():
+        potential = from_config(_checkpoint_potential(ckpt))
         params = potential.init(jax.random.key(config.seed), train_set[0].system())
     else:
-        model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff,
-                            stats=stats)
         params = model.init(jax.random.key(config.seed), train_set[0].system())
-        if "prepare" in hooks:  # data-dependent setup (e.g. bpnn descriptor standardisation)
-            model, params = hooks["prepare"](model, params, train_set)
+        if model.prepare is not None:  # data-dependent setup (e.g. bpnn standardisation)
+            params = model.prepare(params, train_set)
         potential, params = attach_element_refs(model, params, stats,
-                                                trainable=config.trainable_refs,
-                                                species_index=species_index(model))
+                                                trainable=config.trainable_refs)
     if potential.cutoff > config.cutoff + 1e-9:
         raise ValueError(f"model cutoff {potential.cutoff} Å exceeds the data cutoff "
-                         f"{config.cutoff} Å")
-    from jaxpot.train.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(os.path.join(out, "config.json"),
-                       json.dumps(config.to_dict(), indent=2).encode())
-
-    # Time kept for saving the model and plotting after the loop.
-    reserve_s = 0.0 if deadline is None else max(3.0, 0.02 * (deadline - t_start))
+                         f"{config.cutoff} Å (--cutoff)")
     frozen = None
-    shift_path = _find_leaf(params, _SHIFT_NAMES)
-    if potential.config.get("name") != "with_element_refs" and shift_path is not None:
-        if not config.trainable_refs:
-            frozen = [shift_path]
-    result = fit(potential, params, train_set, valid_set, config, stats=stats, frozen=frozen,
-                 checkpoint_path=ckpt, resume=resume, csv_path=os.path.join(out, "metrics.csv"),
-                 deadline=deadline, reserve_s=reserve_s, callback=callback,
-                 meta_extra={"statistics": stats.to_dict()}, verbose=True)
+    if (potential.config.get("name") != "with_element_refs" and has_atomic_offsets(params)
+            and not config.trainable_refs):
+        frozen = [(SHIFT_KEY,)]
+    return potential, params, frozen
 
+
+def _checkpoint_potential(ckpt: Checkpointer) -> dict:
+    """The potential config stored in a checkpoint, after checking it is this run's."""
+    import json
+
+    from flax import serialization
+
+    from jaxpot.train.checkpoint import fingerprint_differences
+
+    with open(ckpt.path, "rb") as f:
+        raw = serialization.msgpack_restore(f.read())
+    try:
+        meta = json.loads(raw["meta"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{ckpt.path}: not a jaxpot training checkpoint; use --restart") from None
+    diff = fingerprint_differences(meta.get("fingerprint"), ckpt.fingerprint)
+    if diff:
+        raise ValueError(f"{ckpt.path} belongs to a different run ({'; '.join(diff)}); use "
+                         "--restart to start over, or another --out")
+    return meta["potential"]
+
+
+def _save(config: TrainConfig, potential, params, best, stats, stop_reason: str) -> str:
     from jaxpot.serialization import save_model
 
-    model_path = os.path.join(out, "model")
-    best = result.best or {}
-    save_model(model_path, potential, result.params,
-               metadata={"statistics": stats.to_dict(), "valid_metrics": best,
-                         "train_config": config.to_dict(), "stop_reason": result.stop_reason})
-    if config.plots and deadline is not None and time.monotonic() + 1.0 > deadline:
+    path = os.path.join(config.out, "model")
+    save_model(path, potential, params,
+               metadata={"statistics": stats.to_dict(), "valid_metrics": best or {},
+                         "train_config": config.to_dict(), "stop_reason": stop_reason})
+    return path
+
+
+def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
+            budget: TimeBudget) -> dict:
+    """Write the model (refusing an unvalidated one unless ``keep_incomplete``) and plots."""
+    if result.best is None and not config.keep_incomplete:
+        first = ("no training step" if result.first_step_s is None else
+                 f"{result.n_steps} step(s), the first done {result.first_step_s:.0f} s in")
+        raise IncompleteTraining(
+            f"no validation completed within the time budget ({config.time_budget_min} min: "
+            f"{first}); no model written. The state is checkpointed in {config.out}: run again "
+            "with a larger --time-budget-min to continue, or pass --keep-incomplete to write "
+            "the unvalidated model")
+    model_path = _save(config, potential, result.params, result.best, stats,
+                       result.stop_reason if result.best else "incomplete")
+    if config.plots and budget.limited and not budget.fits(1.0):
         _log("time budget spent: plots skipped")
     elif config.plots:
         from jaxpot.train.plots import save_plots
 
         preds = None
-        if deadline is None or time.monotonic() + result.eval_time_s + 1.0 < deadline:
+        if budget.fits(result.eval_time_s + 1.0):
             vloader = jdata.BatchLoader(valid_set, config.eval_batch_size or config.batch_size,
                                         shapes=result.shapes, shuffle=False,
                                         dtype=jax.numpy.dtype(config.dtype))
             _, preds = evaluate(potential, result.params, vloader, return_predictions=True,
-                                eval_step=result.eval_step)
-        save_plots(os.path.join(out, "plots"), result.history, preds)
+                                eval_step=result.eval_step, nonfinite="keep")
+        save_plots(os.path.join(config.out, "plots"), result.history, preds)
+    best = result.best or {}
     _log(f"stopped ({result.stop_reason}) after {len(result.history)} epoch(s), "
          f"{int(result.state.step)} steps; best epoch {best.get('epoch')}; model {model_path}; "
-         f"{time.monotonic() - t_start:.1f} s")
+         f"first step after {result.first_step_s or 0.0:.1f} s of fit; "
+         f"{budget.elapsed():.1f} s")
     return {"model": model_path, "best": best, "stop_reason": result.stop_reason,
             "epochs": len(result.history), "history": result.history,
-            "n_traces": result.n_traces}
-
-
-def _factory_hooks(name: str) -> dict:
-    """Optional ``prepare`` / ``train`` attributes of a registered model factory."""
-    from jaxpot import potential as _pot
-
-    if name not in _pot._REGISTRY:
-        import jaxpot.models  # noqa: F401
-    factory = _pot._REGISTRY.get(name)
-    return {k: getattr(factory, k) for k in ("prepare", "train") if hasattr(factory, k)}
-
-
-def _read_meta_potential(path) -> dict:
-    import json
-
-    from flax import serialization
-
-    with open(path, "rb") as f:
-        raw = serialization.msgpack_restore(f.read())
-    return json.loads(raw["meta"])["potential"]
-
+            "n_traces": result.n_traces, "n_steps": result.n_steps,
+            "first_step_s": result.first_step_s}

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxpot.data import BatchLoader, Dataset
 from jaxpot.potential import Potential
+from jaxpot.train.budget import TimeBudget
 from jaxpot.train.loss import LossWeights
 from jaxpot.train.step import make_eval_step
 
@@ -29,19 +30,20 @@ def metrics_from_sums(sums: dict, weights: LossWeights | None = None) -> dict:
     """Turn accumulated error sums (from :func:`jaxpot.train.make_eval_step`) into metrics.
 
     Returns:
-      ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a``,
-      ``force_rmse_mev_per_a``, ``stress_mae_mev_per_a3`` (only when some structure has
-      stress), ``n_structures`` and, if ``weights`` is given, ``loss`` (the training loss
-      evaluated over the whole set).
+      ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a`` and
+      ``force_rmse_mev_per_a`` (only when some structure has force labels),
+      ``stress_mae_mev_per_a3`` (only when some structure has stress), ``n_structures`` and,
+      if ``weights`` is given, ``loss`` (the training loss evaluated over the whole set).
     """
     n = max(sums["n_structures"], 1.0)
-    nf = max(sums["n_force_comps"], 1.0)
     out = {
         "energy_mae_mev_per_atom": 1e3 * sums["e_abs"] / n,
         "energy_rmse_mev_per_atom": 1e3 * math.sqrt(sums["e_sq"] / n),
-        "force_mae_mev_per_a": 1e3 * sums["f_abs"] / nf,
-        "force_rmse_mev_per_a": 1e3 * math.sqrt(sums["f_sq"] / nf),
     }
+    if sums["n_force_comps"] > 0:  # no force labels: no force metric (never a fake 0)
+        nf = sums["n_force_comps"]
+        out["force_mae_mev_per_a"] = 1e3 * sums["f_abs"] / nf
+        out["force_rmse_mev_per_a"] = 1e3 * math.sqrt(sums["f_sq"] / nf)
     if sums["n_stress_comps"] > 0:
         out["stress_mae_mev_per_a3"] = 1e3 * sums["s_abs"] / sums["n_stress_comps"]
     out["n_structures"] = int(round(sums["n_structures"]))
@@ -56,7 +58,8 @@ def metrics_from_sums(sums: dict, weights: LossWeights | None = None) -> dict:
 def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
              batch_size: int = 16, weights: LossWeights | None = None, eval_step=None,
              stress: bool | None = None, return_predictions: bool = False,
-             deadline: float | None = None):
+             deadline: float | None = None, budget: TimeBudget | None = None,
+             nonfinite: str = "raise"):
     """Errors of ``potential`` on a dataset.
 
     Args:
@@ -70,6 +73,10 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
       return_predictions: also return per-structure predictions.
       deadline: ``time.monotonic()`` time; if it passes before a batch starts, the evaluation
         is abandoned and None is returned.
+      budget: a :class:`~jaxpot.train.TimeBudget` whose deadline is used the same way.
+      nonfinite: ``"raise"``: a non-finite prediction raises ``ValueError`` naming the first
+        such structure (its ``source``, e.g. ``"valid.xyz frame 12"``); ``"keep"``: the
+        metrics come out non-finite (the training loop reports divergence itself).
 
     Returns:
       The metrics dict (:func:`metrics_from_sums`), and with ``return_predictions`` a second
@@ -85,12 +92,17 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
     totals = dict.fromkeys(_KEYS, 0.0)
     preds = {"index": [], "energy_ref": [], "energy_pred": [], "forces_ref": [],
              "forces_pred": []}
+    if budget is not None and budget.limited:
+        deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     for (_, idx), batch in zip(loader.plan(0), loader.batches(0), strict=True):
         if deadline is not None and time.monotonic() > deadline:
             return None
         sums, (e, f, _) = eval_step(params, batch)
+        sums = {k: float(sums[k]) for k in _KEYS}
+        if nonfinite == "raise" and not all(math.isfinite(v) for v in sums.values()):
+            _raise_nonfinite(loader.dataset, idx, e, f)
         for k in _KEYS:
-            totals[k] += float(sums[k])
+            totals[k] += sums[k]
         if return_predictions:
             e = np.asarray(e, np.float64)
             f = np.asarray(f, np.float64)
@@ -112,6 +124,23 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
     for k in ("forces_ref", "forces_pred"):
         out[k] = np.concatenate(preds[k]) if preds[k] else np.zeros((0, 3))
     return metrics, out
+
+
+def _raise_nonfinite(dataset: Dataset, idx, energies, forces) -> None:
+    """Name the first structure of a batch whose predicted energy or forces are not finite."""
+    e = np.asarray(energies)
+    f = np.asarray(forces)
+    for k, i in enumerate(idx):
+        s = dataset.structures[int(i)]
+        bad_f = ~np.isfinite(f[k, : s.n_atoms]).all(axis=1)
+        if np.isfinite(e[k]) and not bad_f.any():
+            continue
+        where = s.source or f"structure {int(i)}"
+        atom = f", first at atom {int(np.flatnonzero(bad_f)[0])}" if bad_f.any() else ""
+        raise ValueError(f"{where}: the model predicts a non-finite energy or forces "
+                         f"(energy {float(e[k])}{atom}); the parameters may be corrupt or "
+                         "the structure outside what the model can describe")
+    raise ValueError("non-finite prediction in a batch (no single structure found)")
 
 
 def write_csv_row(path: str | os.PathLike, row: dict, fields: list[str]) -> None:

@@ -1,0 +1,215 @@
+"""Options of a training run: :class:`TrainConfig`, checked up front with messages that name
+the option (and its ``jaxpot train`` flag)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = ["TrainConfig", "FLAGS"]
+
+FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "--cutoff",
+         "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+         "patience": "--patience", "time_budget_min": "--time-budget-min", "seed": "--seed",
+         "dtype": "--dtype", "out": "--out", "model_kwargs": "--model-kwargs",
+         "keep_incomplete": "--keep-incomplete"}
+"""Option name → the ``jaxpot train`` flag that sets it."""
+
+
+def _name(option: str) -> str:
+    flag = FLAGS.get(option)
+    return f"training option {option!r}" + (f" ({flag})" if flag else "")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of a training run (also the fields of a ``jaxpot train`` YAML file).
+
+    Attributes:
+      train: training extxyz file.
+      valid: validation extxyz file; if None, ``valid_fraction`` of ``train`` is held out.
+      valid_fraction: held-out fraction when there is no ``valid`` file.
+      energy_key, forces_key, stress_key: label names in the files.
+      model: registered potential name (``nequip``, ``mace``, ``morse``, ...).
+      model_kwargs: keyword arguments of the model factory.
+      cutoff: neighbour cutoff for the edges, Å (also passed to the model if it takes one).
+      batch_size: structures per batch.
+      eval_batch_size: structures per validation batch (default ``batch_size``).
+      epochs: maximum number of epochs (None: until the time budget runs out, or 100 epochs
+        without a budget).
+      lr: peak learning rate.
+      warmup_epochs: linear warm-up length (epochs, may be fractional).
+      decay: ``cosine``, ``exponential`` or ``constant`` after warm-up, over whichever runs
+        out first, the epochs or the time budget (:class:`~jaxpot.train.BudgetSchedule`).
+      final_lr_fraction: final / peak learning rate.
+      optimizer: ``adam`` or ``adamw``; weight_decay for adamw.
+      clip_norm: global gradient-norm clip (0/None disables).
+      ema_decay: parameter EMA decay used for evaluation and the saved model.
+      energy_weight, forces_weight, stress_weight: loss weights; None means the default rule of
+        :func:`jaxpot.train.default_weights` (forces normalised by their RMS, energies
+        balanced against them through ``energy_length``).
+      energy_length: ℓ of the default weights, Å: an energy error of δ per atom weighs as much
+        as a force-component error of δ/ℓ (None: each term divided by its label variance).
+      trainable_refs: train the per-element reference energies too.
+      patience: early-stopping patience in epochs without validation-loss improvement (None:
+        20 without a time budget, off with one, as the learning rate then decays over the
+        whole budget); min_delta: relative improvement that counts.
+      time_budget_min: wall-time budget of the whole run in minutes (None: unlimited).
+      seed: seed for the split, initialisation and shuffling.
+      out: output directory.
+      dtype: ``float32`` or ``float64``.
+      max_shapes: upper bound on padded batch shapes (= compilations per step function).
+      progress: show a tqdm bar (default: only on a terminal and when ``CI`` is not set).
+      plots: write PNG plots.
+      keep_incomplete: with a time budget too short for one validation, still write the
+        unvalidated model (default: refuse, :class:`~jaxpot.train.IncompleteTraining`).
+    """
+
+    train: str | None = None
+    valid: str | None = None
+    valid_fraction: float = 0.1
+    energy_key: str = "energy"
+    forces_key: str | None = "forces"
+    stress_key: str | None = "stress"
+    model: str = "nequip"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    cutoff: float = 5.0
+    batch_size: int = 4
+    eval_batch_size: int | None = None
+    epochs: int | None = None
+    lr: float = 1e-2
+    warmup_epochs: float = 1.0
+    decay: str = "cosine"
+    final_lr_fraction: float = 0.01
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    clip_norm: float | None = 10.0
+    ema_decay: float = 0.99
+    energy_weight: float | None = None
+    forces_weight: float | None = None
+    stress_weight: float | None = None
+    energy_length: float | None = 1.5
+    trainable_refs: bool = False
+    patience: int | None = None
+    min_delta: float = 0.0
+    time_budget_min: float | None = None
+    seed: int = 0
+    out: str = "run"
+    dtype: str = "float32"
+    max_shapes: int = 6
+    progress: bool | None = None
+    plots: bool = True
+    keep_incomplete: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a dict (a parsed YAML file) and :meth:`validate` it.
+
+        Raises:
+          ValueError: unknown keys (listed with the known ones), a value of the wrong type or
+            out of range (naming the option).
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        out = {}
+        for k, v in d.items():
+            base = types[k].replace(" | None", "")
+            out[k] = v if v is None or base not in ("float", "int") else _number(k, v, base)
+        return cls(**out).validate()
+
+    def validate(self) -> TrainConfig:
+        """Check every option; returns ``self``.
+
+        Raises:
+          ValueError: naming the first option that is out of range, with its flag.
+        """
+        for k, lo, hi, lo_open, none_ok in _RANGES:
+            _check_range(k, getattr(self, k), lo, hi, lo_open, none_ok)
+        for k in ("batch_size", "eval_batch_size", "epochs", "patience", "seed", "max_shapes"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or int(v) != v):
+                raise ValueError(f"{_name(k)} must be an integer, got {v!r}")
+        for k, allowed in (("decay", ("cosine", "exponential", "constant")),
+                           ("optimizer", ("adam", "adamw")), ("dtype", ("float32", "float64"))):
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{_name(k)} must be one of {list(allowed)}, got "
+                                 f"{getattr(self, k)!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"{_name('model_kwargs')} must be a mapping, got "
+                             f"{self.model_kwargs!r}")
+        if not self.model or not isinstance(self.model, str):
+            raise ValueError(f"{_name('model')} must be a model name, got {self.model!r}")
+        weights = [self.energy_weight, self.forces_weight, self.stress_weight]
+        if all(w is not None for w in weights) and not any(weights):
+            raise ValueError("training options 'energy_weight', 'forces_weight' and "
+                             "'stress_weight' are all 0: nothing to train on")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# (option, low, high, low bound excluded, None allowed): every number option's valid range.
+_RANGES = (
+    ("valid_fraction", 0.0, 1.0, True, False),
+    ("cutoff", 0.0, math.inf, True, False),
+    ("batch_size", 1, math.inf, False, False),
+    ("eval_batch_size", 1, math.inf, False, True),
+    ("epochs", 1, math.inf, False, True),
+    ("lr", 0.0, math.inf, True, False),
+    ("warmup_epochs", 0.0, math.inf, False, False),
+    ("final_lr_fraction", 0.0, 1.0, False, False),
+    ("weight_decay", 0.0, math.inf, False, False),
+    ("clip_norm", 0.0, math.inf, False, True),
+    ("ema_decay", 0.0, 1.0 - 1e-12, False, False),
+    ("energy_weight", 0.0, math.inf, False, True),
+    ("forces_weight", 0.0, math.inf, False, True),
+    ("stress_weight", 0.0, math.inf, False, True),
+    ("energy_length", 0.0, math.inf, True, True),
+    ("patience", 1, math.inf, False, True),
+    ("min_delta", 0.0, 1.0, False, False),
+    ("time_budget_min", 0.0, math.inf, True, True),
+    ("seed", 0, math.inf, False, False),
+    ("max_shapes", 1, math.inf, False, False),
+)
+
+
+def _number(option: str, value, base: str):
+    """A YAML/flag value as a float or int (YAML 1.1 reads ``1e-3`` as a string)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{_name(option)} must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_name(option)} must be a number, got {value!r}") from None
+    if base == "int":
+        if not math.isfinite(x) or x != int(x):
+            raise ValueError(f"{_name(option)} must be an integer, got {value!r}")
+        return int(x)
+    return x
+
+
+def _check_range(option, value, lo, hi, lo_open, none_ok) -> None:
+    if value is None:
+        if none_ok:
+            return
+        raise ValueError(f"{_name(option)} must be set")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{_name(option)} must be a number, got {value!r}")
+    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if ok:
+        return
+    if option == "ema_decay":
+        rule = "in [0, 1)"
+    elif hi == math.inf:
+        rule = f"> {lo}" if lo_open else f">= {lo}"
+    else:
+        rule = f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    hint = {"epochs": " (leave it unset to train until the time budget or 100 epochs)",
+            "time_budget_min": " (leave it unset for no budget)",
+            "patience": " (leave it unset to disable early stopping with a budget)",
+            "lr": ""}.get(option, "")
+    raise ValueError(f"{_name(option)} must be {rule}, got {value!r}{hint}")
