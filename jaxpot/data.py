@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxpot.system import System
+from jaxpot import io
+from jaxpot.system import System, find_edges, pad_arrays, stack_arrays, validate_arrays
 
 __all__ = [
     "Structure",
@@ -46,7 +47,10 @@ __all__ = [
     "statistics",
     "choose_shapes",
     "collate",
+    "check_overlap",
 ]
+
+check_overlap = io.check_overlap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,6 +62,9 @@ __all__ = [
 class Structure:
     """One labelled structure with its edges, as host-side NumPy arrays (no padding).
 
+    A structure stays on the host; it goes to a device once, padded inside a batch
+    (:func:`collate`) or alone (:meth:`system`).
+
     Attributes:
       positions: ``[n, 3]`` Å.
       numbers: ``[n]`` atomic numbers.
@@ -66,10 +73,13 @@ class Structure:
       pbc: ``[3]`` bool.
       senders, receivers: ``[n_edges]`` int32 edge ends (neighbour j, centre i).
       shifts: ``[n_edges, 3]`` integer image shifts (float array).
-      energy: total energy, eV.
+      energy: total energy, eV, or None when the structure has no energy label (only with
+        ``allow_partial``).
       forces: ``[n, 3]`` eV/Å, or None when the structure has no force labels.
       stress: ``[3, 3]`` eV/Å³ (ASE sign), or None.
-      source: where it came from, used in messages (``"train.xyz frame 12"``).
+      source: where it came from, used in messages (``"train.xyz: frame 12"``).
+      charges: ``[n]`` e, or None.
+      weight: per-structure loss weight (1 unless the file gives one).
     """
 
     positions: np.ndarray
@@ -80,10 +90,12 @@ class Structure:
     senders: np.ndarray
     receivers: np.ndarray
     shifts: np.ndarray
-    energy: float
+    energy: float | None
     forces: np.ndarray | None
     stress: np.ndarray | None
     source: str = ""
+    charges: np.ndarray | None = None
+    weight: float = 1.0
 
     @property
     def n_atoms(self) -> int:
@@ -93,25 +105,25 @@ class Structure:
     def n_edges(self) -> int:
         return int(self.senders.shape[0])
 
+    def padded(self, *, n_atoms: int | None = None, n_edges: int | None = None,
+               dtype=None) -> dict[str, np.ndarray]:
+        """This structure through :func:`jaxpot.system.pad_arrays` (host-side NumPy)."""
+        return pad_arrays(self.positions, self.numbers, cell=self.cell, pbc=self.pbc,
+                          masses=self.masses, receivers=self.receivers, senders=self.senders,
+                          shifts=self.shifts, n_atoms=n_atoms, n_edges=n_edges, dtype=dtype,
+                          where=self.source)
+
     def system(self, *, n_atoms: int | None = None, n_edges: int | None = None,
-               dtype=None) -> System:
-        """This structure as an unbatched :class:`~jaxpot.System` (optionally padded)."""
-        return System.from_arrays(
-            self.positions, self.numbers, cell=self.cell, pbc=self.pbc, masses=self.masses,
-            cutoff=None, n_atoms=n_atoms, n_edges=0, dtype=dtype, where=self.source,
-        ).replace(**_edge_arrays(self, n_atoms or self.n_atoms, n_edges or self.n_edges, dtype))
+               dtype=None, put=jax.device_put) -> System:
+        """This structure as an unbatched :class:`~jaxpot.System` (optionally padded).
 
-
-def _edge_arrays(s: Structure, n_pad: int, e_pad: int, dtype) -> dict:
-    snd = np.full(e_pad, n_pad, np.int32)
-    rcv = np.full(e_pad, n_pad, np.int32)
-    shf = np.zeros((e_pad, 3))
-    snd[: s.n_edges] = s.senders
-    rcv[: s.n_edges] = s.receivers
-    shf[: s.n_edges] = s.shifts
-    fdtype = jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype
-    put = jax.device_put  # jnp.asarray would compile a copy per new shape
-    return {"senders": put(snd), "receivers": put(rcv), "shifts": put(shf.astype(fdtype))}
+        Args:
+          n_atoms, n_edges: slot counts (default: no padding).
+          dtype: float dtype (default: JAX's default float).
+          put: device placement (see :meth:`jaxpot.System.from_padded`).
+        """
+        return System.from_padded(self.padded(n_atoms=n_atoms, n_edges=n_edges, dtype=dtype),
+                                  put=put)
 
 
 class Dataset(Sequence):
@@ -156,8 +168,9 @@ class Dataset(Sequence):
 
     @property
     def energies(self) -> np.ndarray:
-        """``[n_structures]`` total energies, eV."""
-        return np.array([s.energy for s in self.structures], np.float64)
+        """``[n_structures]`` total energies, eV (NaN where a structure has none)."""
+        return np.array([np.nan if s.energy is None else s.energy for s in self.structures],
+                        np.float64)
 
     @property
     def elements(self) -> list[int]:
@@ -180,41 +193,6 @@ class Dataset(Sequence):
 # ---------------------------------------------------------------------------------------------
 
 
-def _voigt_or_matrix(value, where: str) -> np.ndarray:
-    v = np.asarray(value, np.float64).reshape(-1)
-    if v.size == 9:
-        return v.reshape(3, 3)
-    if v.size == 6:  # ASE Voigt order: xx yy zz yz xz xy
-        xx, yy, zz, yz, xz, xy = v
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    raise ValueError(f"{where}: stress must have 6 (Voigt) or 9 components, got {v.size}")
-
-
-def _get_label(atoms, key: str | None, standard: str):
-    """Look ``key`` up in info, arrays, then the attached calculator's results."""
-    if key is None:
-        return None
-    if key in atoms.info:
-        return atoms.info[key]
-    if key in atoms.arrays:
-        return atoms.arrays[key]
-    calc = atoms.calc
-    if calc is not None:
-        results = getattr(calc, "results", {}) or {}
-        for k in (key, standard) if key == standard else (key,):
-            if k in results:
-                return results[k]
-        if key == standard and standard in ("energy", "forces"):
-            # A live calculator (EMT, DFT, ...) that was attached but not run yet.
-            try:
-                if standard == "energy":
-                    return atoms.get_potential_energy()
-                return atoms.get_forces()
-            except Exception:  # noqa: BLE001 - calculators raise many types; treat as missing
-                return None
-    return None
-
-
 def from_atoms(
     images: Sequence,
     *,
@@ -222,84 +200,70 @@ def from_atoms(
     energy_key: str = "energy",
     forces_key: str | None = "forces",
     stress_key: str | None = "stress",
+    charges_key: str | None = "charges",
+    weight_key: str | None = "weight",
     source: str = "atoms",
     require_forces: bool = False,
+    allow_partial: bool = False,
+    check_units: bool = True,
 ) -> Dataset:
     """Turn ``ase.Atoms`` with labels into a :class:`Dataset` (edges built for ``cutoff``).
 
-    Labels are looked up under the given keys in ``atoms.info`` (energy, stress),
-    ``atoms.arrays`` (forces), then in the attached calculator's ``results`` (which is where
-    ``ase.io.read`` puts ``energy``/``forces``/``stress``, and where a calculator such as
-    ``EMT`` leaves them after ``get_potential_energy()``). A calculator that is attached but has
-    not run is asked for energy and forces (never stress).
+    Labels are read and checked by :func:`jaxpot.io.extract_labels` (the one label path: keys,
+    the partial-label rule, value and unit checks); structures are checked by
+    :func:`jaxpot.system.validate_arrays`. Everything stays on the host (NumPy).
 
     Args:
       images: ``ase.Atoms`` objects.
       cutoff: neighbour cutoff for the edges, Å.
-      energy_key, forces_key, stress_key: label names; ``None`` ignores that label.
+      energy_key, forces_key, stress_key, charges_key: label names; ``None`` ignores that
+        label (not allowed for the energy).
+      weight_key: info key of a per-frame loss weight (frames without it weigh 1).
       source: name used in error messages (a file name).
       require_forces: raise if a structure has no forces.
+      allow_partial: accept labels that only some frames have; those frames are masked for
+        that term (``Batch.has_energy``/``has_forces``/...) and a warning says how many.
+      check_units: refuse energies and forces in disagreeing units.
 
     Returns:
-      A :class:`Dataset`; forces/stress are None on structures without those labels.
+      A :class:`Dataset`; forces/stress/charges are None on structures without those labels.
 
     Raises:
-      ValueError: naming ``source`` and the frame index, for a missing or non-finite energy,
-        forces of the wrong shape or non-finite, bad stress, or an invalid structure (see
-        :meth:`jaxpot.System.from_arrays`: NaN positions, overlapping atoms, singular cell).
+      ValueError: naming ``source`` and the frame index: a missing, non-finite, absurd or
+        malformed label, a key that exists in no frame, an energy outlier, units that disagree,
+        or an invalid structure (NaN positions, bad masses or atomic numbers, overlapping atoms,
+        singular cell).
     """
     if cutoff is None or not cutoff > 0:
         raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff!r}")
+    if energy_key is None:
+        raise ValueError("energy_key cannot be None for training data")
+    require = () if allow_partial else ("energy",)
+    require += ("forces",) if require_forces else ()
+    y = io.extract_labels(images, energy_key=energy_key, forces_key=forces_key,
+                          stress_key=stress_key, charges_key=charges_key,
+                          weight_key=weight_key, require=require, allow_partial=allow_partial,
+                          check_units=check_units, source=source)
+    if not y.has("energy"):
+        raise ValueError(f"{source}: no frame has an energy label under key {energy_key!r}")
     out = []
     for i, atoms in enumerate(images):
         where = f"{source}: frame {i}"
-        energy = _get_label(atoms, energy_key, "energy")
-        if energy is None:
-            raise ValueError(f"{where}: no energy label {energy_key!r} (info keys: "
-                             f"{sorted(atoms.info)}; calculator results: "
-                             f"{sorted(getattr(atoms.calc, 'results', {}) or {})})")
-        try:
-            energy = float(np.asarray(energy, np.float64).reshape(()))
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: energy {energy!r} is not a number") from None
-        if not np.isfinite(energy):
-            raise ValueError(f"{where}: energy is not finite ({energy})")
-        n = len(atoms)
-        forces = _get_label(atoms, forces_key, "forces")
-        if forces is not None:
-            forces = np.asarray(forces, np.float64)
-            if forces.shape != (n, 3):
-                raise ValueError(f"{where}: forces have shape {forces.shape}, expected ({n}, 3)")
-            bad = np.nonzero(~np.all(np.isfinite(forces), axis=1))[0]
-            if bad.size:
-                raise ValueError(f"{where}: non-finite force on atom {int(bad[0])}")
-        elif require_forces:
-            raise ValueError(f"{where}: no forces label {forces_key!r}")
-        stress = _get_label(atoms, stress_key, "stress")
-        if stress is not None:
-            stress = _voigt_or_matrix(stress, where)
-            if not np.all(np.isfinite(stress)):
-                raise ValueError(f"{where}: stress is not finite")
-        system = System.from_ase(atoms, cutoff=cutoff, where=where)
-        out.append(_structure(atoms, system, energy, forces, stress, where))
+        positions = np.asarray(atoms.get_positions(), np.float64)
+        numbers = np.asarray(atoms.numbers)
+        cell = np.asarray(atoms.get_cell(), np.float64)
+        pbc = np.asarray(atoms.get_pbc(), bool)
+        masses = np.asarray(atoms.get_masses(), np.float64)
+        validate_arrays(positions, numbers, cell, pbc, masses=masses, where=where)
+        receivers, senders, shifts = find_edges(positions, cell, pbc, cutoff, where=where)
+        out.append(Structure(
+            positions=positions, numbers=numbers.astype(np.int32), masses=masses, cell=cell,
+            pbc=pbc, senders=senders, receivers=receivers, shifts=shifts,
+            energy=float(y.energy[i]) if y.present["energy"][i] else None,
+            forces=y.forces[i], stress=y.stress[i], source=where, charges=y.charges[i],
+            weight=float(y.weight[i]),
+        ))
     return Dataset(out, cutoff)
-
-
-def _structure(atoms, system: System, energy, forces, stress, where) -> Structure:
-    # Geometry from the Atoms in float64 (the System may be float32); integer edge data
-    # (indices, image shifts) from the System.
-    e_mask = np.asarray(system.senders) < system.n_atoms  # NumPy: no per-shape compile
-    return Structure(
-        positions=np.asarray(atoms.get_positions(), np.float64),
-        numbers=np.asarray(atoms.get_atomic_numbers(), np.int32),
-        masses=np.asarray(atoms.get_masses(), np.float64),
-        cell=np.asarray(atoms.get_cell(), np.float64),
-        pbc=np.asarray(atoms.get_pbc(), bool),
-        senders=np.asarray(system.senders, np.int32)[e_mask],
-        receivers=np.asarray(system.receivers, np.int32)[e_mask],
-        shifts=np.asarray(system.shifts, np.float64)[e_mask],
-        energy=energy, forces=forces, stress=stress, source=where,
-    )
 
 
 def read_extxyz(
@@ -310,34 +274,28 @@ def read_extxyz(
     forces_key: str | None = "forces",
     stress_key: str | None = "stress",
     index: str | int | slice = ":",
+    **options,
 ) -> Dataset:
-    """Read an extended-XYZ file into a :class:`Dataset` (see :func:`from_atoms`).
+    """Read an extended-XYZ (or any ASE-readable) file into a :class:`Dataset`.
 
     Args:
-      path: extxyz file.
+      path: the file.
       cutoff: neighbour cutoff for the edges, Å.
       energy_key, forces_key, stress_key: where the labels are (e.g. ``"REF_energy"``).
       index: which frames (ASE syntax, default all).
+      **options: ``charges_key``, ``weight_key``, ``require_forces``, ``allow_partial``,
+        ``check_units`` (see :func:`from_atoms`).
 
     Raises:
       ValueError: the file is missing or unreadable, or a frame is invalid (the message names the
         file and the frame index).
     """
-    import ase.io
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
-    try:
-        images = ase.io.read(path, index=index, format="extxyz")
-    except Exception as err:  # noqa: BLE001 - ASE raises many parse errors
-        raise ValueError(f"{path}: cannot read as extxyz ({type(err).__name__}: {err})") from err
-    if not isinstance(images, list):
-        images = [images]
-    if not images:
-        raise ValueError(f"{path}: no frames")
+    images = io.read_frames(path, index, format="extxyz")
     return from_atoms(images, cutoff=cutoff, energy_key=energy_key, forces_key=forces_key,
-                      stress_key=stress_key, source=path)
+                      stress_key=stress_key, source=path, **options)
 
 
 def split(dataset: Dataset, valid_fraction: float = 0.1, *, seed: int = 0,
@@ -391,7 +349,11 @@ def fit_element_refs(dataset: Dataset) -> dict[int, float]:
     for i, s in enumerate(dataset.structures):
         z, c = np.unique(s.numbers, return_counts=True)
         a[i, [col[int(x)] for x in z]] = c
-    refs, *_ = np.linalg.lstsq(a, dataset.energies, rcond=None)
+    e = dataset.energies
+    known = np.isfinite(e)
+    if not known.any():
+        raise ValueError("fit_element_refs: no structure has an energy label")
+    refs, *_ = np.linalg.lstsq(a[known], e[known], rcond=None)
     return {z: float(refs[col[z]]) for z in elements}
 
 
@@ -443,6 +405,7 @@ def statistics(dataset: Dataset, element_refs: dict[int, float] | None = None) -
     refs = fit_element_refs(dataset) if element_refs is None else dict(element_refs)
     n = dataset.n_atoms.astype(np.float64)
     resid = (dataset.energies - _ref_energies(dataset, refs)) / n
+    resid = resid[np.isfinite(resid)]
     f = [s.forces for s in dataset.structures if s.forces is not None]
     force_rms = float(np.sqrt(np.mean(np.concatenate(f) ** 2))) if f else 0.0
     st = [s.stress for s in dataset.structures if s.stress is not None]
@@ -471,13 +434,18 @@ class Batch:
 
     Attributes:
       system: batched :class:`~jaxpot.System`, ``positions [B, n_atoms, 3]`` etc.
-      energy: ``[B]`` eV (0 on dummies).
+      energy: ``[B]`` eV (0 on dummies and where missing).
       forces: ``[B, n_atoms, 3]`` eV/Å (0 on padding atoms and where missing).
       stress: ``[B, 3, 3]`` eV/Å³ (0 where missing).
       has_forces: ``[B]`` bool.
       has_stress: ``[B]`` bool.
       n_atoms: ``[B]`` int32 real atom count (0 on dummies).
-      weight: ``[B]`` float, 1 for real structures, 0 for dummy padding structures.
+      weight: ``[B]`` float, the structure's loss weight (1 unless the data file gives one),
+        0 for dummy padding structures.
+      has_energy: ``[B]`` bool (False only on dummies and, with ``allow_partial``, structures
+        without an energy label).
+      charges: ``[B, n_atoms]`` e (0 on padding atoms and where missing).
+      has_charges: ``[B]`` bool.
     """
 
     system: System
@@ -488,6 +456,9 @@ class Batch:
     has_stress: jnp.ndarray
     n_atoms: jnp.ndarray
     weight: jnp.ndarray
+    has_energy: jnp.ndarray
+    charges: jnp.ndarray
+    has_charges: jnp.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -497,66 +468,49 @@ class Batch:
 
 
 def collate(structures: Sequence[Structure], batch_size: int, n_atoms: int, n_edges: int,
-            *, dtype=None) -> Batch:
+            *, dtype=None, put=jax.device_put) -> Batch:
     """Pad ``structures`` to ``(n_atoms, n_edges)`` and fill up to ``batch_size`` with dummies.
 
-    Dummy structures have no real atoms, no edges, zero labels and ``weight = 0``.
+    Padding goes through :func:`jaxpot.system.pad_arrays` on the host; the finished batch goes
+    to the device in one ``put`` call. Dummy structures have no real atoms, no edges, zero
+    labels and ``weight = 0``.
+
+    Args:
+      structures: at most ``batch_size`` structures that fit ``(n_atoms, n_edges)``.
+      batch_size: leading axis ``B``.
+      n_atoms, n_edges: slot counts of every structure.
+      dtype: float dtype (default: JAX's default float).
+      put: places the batch (a pytree of NumPy arrays) on devices; default
+        ``jax.device_put``; a sharded placement for several devices; ``lambda b: b`` keeps
+        NumPy.
     """
     b = int(batch_size)
     if len(structures) > b:
         raise ValueError(f"{len(structures)} structures do not fit a batch of {b}")
-    pos = np.zeros((b, n_atoms, 3))
-    num = np.zeros((b, n_atoms), np.int32)
-    mas = np.ones((b, n_atoms))
-    amask = np.zeros((b, n_atoms), bool)
-    cell = np.zeros((b, 3, 3))
-    pbc = np.zeros((b, 3), bool)
-    snd = np.full((b, n_edges), n_atoms, np.int32)
-    rcv = np.full((b, n_edges), n_atoms, np.int32)
-    shf = np.zeros((b, n_edges, 3))
-    energy = np.zeros(b)
-    forces = np.zeros((b, n_atoms, 3))
-    stress = np.zeros((b, 3, 3))
-    has_f = np.zeros(b, bool)
-    has_s = np.zeros(b, bool)
-    nat = np.zeros(b, np.int32)
-    weight = np.zeros(b)
+    f = np.dtype(jax.dtypes.canonicalize_dtype(np.float64 if dtype is None else dtype))
+    padded = [s.padded(n_atoms=n_atoms, n_edges=n_edges, dtype=f) for s in structures]
+    empty = pad_arrays(np.zeros((0, 3)), np.zeros(0, np.int32), n_atoms=n_atoms,
+                       n_edges=n_edges, dtype=f)
+    system = stack_arrays(padded + [empty] * (b - len(structures)))
+    y = {"energy": np.zeros(b, f), "forces": np.zeros((b, n_atoms, 3), f),
+         "stress": np.zeros((b, 3, 3), f), "charges": np.zeros((b, n_atoms), f),
+         "weight": np.zeros(b, f), "n_atoms": np.zeros(b, np.int32)}
+    has = {k: np.zeros(b, bool) for k in ("has_energy", "has_forces", "has_stress",
+                                           "has_charges")}
     for k, s in enumerate(structures):
-        n, e = s.n_atoms, s.n_edges
-        if n > n_atoms or e > n_edges:
-            raise ValueError(f"{s.source}: {n} atoms / {e} edges do not fit the batch shape "
-                             f"({n_atoms}, {n_edges})")
-        pos[k, :n] = s.positions
-        num[k, :n] = s.numbers
-        mas[k, :n] = s.masses
-        amask[k, :n] = True
-        cell[k] = s.cell
-        pbc[k] = s.pbc
-        snd[k, :e] = s.senders
-        rcv[k, :e] = s.receivers
-        shf[k, :e] = s.shifts
-        energy[k] = s.energy
-        if s.forces is not None:
-            forces[k, :n] = s.forces
-            has_f[k] = True
-        if s.stress is not None:
-            stress[k] = s.stress
-            has_s[k] = True
-        nat[k] = n
-        weight[k] = 1.0
-    f = np.dtype(jnp.zeros((), dtype).dtype if dtype is not None else jnp.zeros(()).dtype)
-
-    def put(x, dt=None):  # NumPy conversion + device_put: no per-shape compile
-        return jax.device_put(np.asarray(x, dt))
-
-    system = System(
-        positions=put(pos, f), species=put(num), masses=put(mas, f), atom_mask=put(amask),
-        cell=put(cell, f), pbc=put(pbc), senders=put(snd), receivers=put(rcv),
-        shifts=put(shf, f),
-    )
-    return Batch(system=system, energy=put(energy, f), forces=put(forces, f),
-                 stress=put(stress, f), has_forces=put(has_f), has_stress=put(has_s),
-                 n_atoms=put(nat), weight=put(weight, f))
+        n = s.n_atoms
+        y["n_atoms"][k] = n
+        y["weight"][k] = s.weight
+        for kind, value in (("energy", s.energy), ("forces", s.forces), ("stress", s.stress),
+                            ("charges", s.charges)):
+            if value is None:
+                continue
+            if kind in ("forces", "charges"):
+                y[kind][k, :n] = value
+            else:
+                y[kind][k] = value
+            has[f"has_{kind}"][k] = True
+    return put(Batch(system=System(**system), **y, **has))
 
 
 def _geometric(lo: int, hi: int, growth: float) -> list[int]:
@@ -641,11 +595,14 @@ class BatchLoader:
       shuffle: reshuffle every epoch (training) or keep a fixed order (evaluation).
       seed: shuffle seed.
       dtype: float dtype of the batches (default: JAX's default float).
+      put: device placement of every batch, a function of a pytree of NumPy arrays (default
+        ``jax.device_put``; pass a sharded ``jax.device_put(..., sharding)`` to spread batches
+        over devices). Structures stay on the host until then.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *,
                  shapes: Sequence[tuple[int, int]] | None = None, shuffle: bool = True,
-                 seed: int = 0, dtype=None):
+                 seed: int = 0, dtype=None, put=jax.device_put):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -656,6 +613,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.dtype = dtype
+        self.put = put
         order = sorted(self.shapes, key=lambda s: (s[0] * s[1], s))
         groups: dict[tuple[int, int], list[int]] = {}
         for i, s in enumerate(dataset.structures):
@@ -693,4 +651,4 @@ class BatchLoader:
         """Yield the batches of ``epoch``, skipping the first ``start`` (for resuming)."""
         for shape, idx in self.plan(epoch)[start:]:
             yield collate([self.dataset.structures[i] for i in idx], self.batch_size, *shape,
-                          dtype=self.dtype)
+                          dtype=self.dtype, put=self.put)
