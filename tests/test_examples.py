@@ -61,8 +61,14 @@ def test_chirality_chfclbr():
 def test_ntk_width_gap_shrinks_with_width():
     """The seed texts' claim: a wider network trained by gradient descent stays closer to its
     NTK (linearised) prediction. Measured here: 0.072, 0.0022, 0.0001 for widths 8, 64, 512."""
+    import jax
+
     widths = (8, 64, 512)
-    results = _load("ntk_width").main(steps=40, widths=widths, n_train=4, n_test=3)
+    before = jax.config.jax_enable_x64
+    with jax.enable_x64(False):
+        results = _load("ntk_width").main(steps=40, widths=widths, n_train=4, n_test=3)
+        assert not jax.config.jax_enable_x64  # the study's float64 stays inside main()
+    assert jax.config.jax_enable_x64 == before
     gaps = [results[w]["relative_rms_gap"] for w in widths]
     for w in widths:  # non-trivial: the networks really trained
         assert results[w]["loss_end"] < 0.1 * results[w]["loss_start"], (w, results[w])
@@ -70,6 +76,3 @@ def test_ntk_width_gap_shrinks_with_width():
     for narrow, wide in zip(gaps, gaps[1:], strict=False):
         assert wide < 0.5 * narrow, gaps
     assert results[widths[-1]]["corr"] > 0.999
-    import jax
-
-    assert not jax.config.jax_enable_x64  # the study's float64 stays inside the call
