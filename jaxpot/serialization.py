@@ -12,8 +12,12 @@ little-endian C-order bytes>}``, so dtypes and shapes come back exactly. The che
 truncated and corrupted files before any array is decoded.
 
 Writes are atomic: the bytes go to a temporary file in the destination's directory, which is
-flushed, synced and then renamed over the destination (:func:`atomic_write`), so a crash
-mid-write leaves the previous file intact.
+flushed, synced and then renamed over the destination, so a crash mid-write leaves the previous
+file intact (:func:`atomic_write` lives in :mod:`jaxpot.files` and is re-exported here).
+
+Loading checks the parameter tree against the one the rebuilt potential's ``init`` makes
+(structure, shapes, kinds of dtype), so a file with a missing or mis-shaped array is refused with
+the parameter's path instead of failing later inside a jitted function.
 
 Example::
 
@@ -27,20 +31,19 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from jaxpot.files import atomic_write
 from jaxpot.registry import from_config
 
-__all__ = ["save_model", "load_model", "read_model_info", "atomic_write", "FORMAT", "VERSION"]
+__all__ = ["save_model", "load_model", "read_model_info", "expected_params", "params_mismatches",
+           "nonfinite_params", "atomic_write", "FORMAT", "VERSION"]
 
 FORMAT = "jaxpot-model"
 """Value of the ``format`` field that marks a jaxpot model file."""
@@ -50,52 +53,6 @@ VERSION = 1
 
 _ARRAY_TAG = "__ndarray__"
 _TUPLE_TAG = "__tuple__"
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file next to ``path``; on success rename it over ``path``.
-
-    If the body raises, the temporary file is removed and ``path`` is left as it was.
-
-    Args:
-      path: destination file.
-      mode: ``"wb"`` or ``"w"`` (text, UTF-8).
-
-    Yields:
-      The open temporary file.
-
-    Example::
-
-        with atomic_write("out.csv", "w") as f:
-            f.write("a,b\\n")
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"directory {directory!r} does not exist (writing {path!r})")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +251,7 @@ def read_model_info(path: str | os.PathLike) -> dict:
     return info
 
 
-def load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike, *, check_params: bool = True):
     """Load a model file written by :func:`save_model`.
 
     The potential is rebuilt with :func:`jaxpot.potential.from_config`, so any registered
@@ -302,6 +259,10 @@ def load_model(path: str | os.PathLike):
 
     Args:
       path: a model file.
+      check_params: compare the stored params tree (keys, array shapes, kinds of dtype) with
+        the tree the rebuilt potential's ``init`` makes for a tiny structure of the model's
+        elements (:func:`expected_params`); skipped for a family whose ``init`` cannot run on
+        such a structure.
 
     Returns:
       ``(potential, params)``; array leaves are JAX arrays with the saved dtypes and shapes
@@ -309,8 +270,10 @@ def load_model(path: str | os.PathLike):
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: corrupt, truncated or foreign file, a newer format version, or a config
-        naming a potential that is not registered; the message names the path.
+      ValueError: corrupt, truncated or foreign file, a newer format version, a config naming
+        a potential that is not registered, or a parameter array that is missing, extra,
+        mis-shaped or of the wrong kind of dtype; the message names the path (and the
+        parameter, with the expected and the found shape).
     """
     info = _read(path)
     params = _decode_tree(info["params"], f"{os.fspath(path)!r}: params")
@@ -318,4 +281,154 @@ def load_model(path: str | os.PathLike):
         potential = from_config(info["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{os.fspath(path)!r}: cannot rebuild the potential: {err}") from None
+    if check_params:
+        expected = expected_params(potential)
+        if expected is not None:
+            problems = params_mismatches(params, expected)
+            if problems:
+                shown = "; ".join(problems[:4])
+                more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+                raise ValueError(
+                    f"{os.fspath(path)!r}: its parameters do not fit the "
+                    f"{potential.config.get('name')!r} model its config describes: "
+                    f"{shown}{more}")
     return potential, _to_jax(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a params tree against the model
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_species(config: Any) -> set[int]:
+    """Atomic numbers named by any ``species`` field of a (nested) potential config."""
+    from ase.data import atomic_numbers
+
+    found: set[int] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "species" and isinstance(value, list | tuple):
+                for s in value:
+                    z = atomic_numbers.get(s) if isinstance(s, str) else s
+                    if isinstance(z, int) and 0 < z < 119:
+                        found.add(z)
+            else:
+                found |= _config_species(value)
+    elif isinstance(config, list | tuple):
+        for value in config:
+            found |= _config_species(value)
+    return found
+
+
+def _dummy_system(potential):
+    """A tiny non-periodic structure with one atom of each element the model knows."""
+    from jaxpot.system import System
+
+    species = potential.species
+    numbers = sorted(species) if species is not None else sorted(_config_species(
+        potential.config))
+    numbers = numbers or [18]
+    positions = np.zeros((len(numbers), 3))
+    positions[:, 0] = 2.0 * np.arange(len(numbers))
+    cutoff = float(potential.cutoff) if potential.cutoff and potential.cutoff > 0 else None
+    return System.from_arrays(positions, numbers, cutoff=cutoff, where="dummy structure")
+
+
+def expected_params(potential):
+    """The params tree ``potential.init`` makes, as ``jax.ShapeDtypeStruct`` leaves.
+
+    ``init`` is traced abstractly (``jax.eval_shape``, nothing is computed) on a tiny structure
+    with one atom of each element the model knows, or with ``system=None`` for families whose
+    ``init`` does not look at the structure.
+
+    Returns:
+      The tree, or None when ``init`` runs on neither (a family that needs real data).
+    """
+    import jax
+
+    key = jax.random.key(0)
+    try:
+        system = _dummy_system(potential)
+    except Exception:  # noqa: BLE001 - any failure only means "cannot check"
+        system = None
+    for candidate in (system, None) if system is not None else (None,):
+        try:
+            return jax.eval_shape(lambda k, s=candidate: potential.init(k, s), key)
+        except Exception:  # noqa: BLE001 - try the next candidate, then give up checking
+            continue
+    return None
+
+
+def _kind(dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" or "float" in dtype.name:
+        return "float"
+    return {"i": "integer", "u": "integer", "b": "bool", "c": "complex"}.get(dtype.kind,
+                                                                           dtype.name)
+
+
+def _describe(leaf) -> str:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return f"{_kind(leaf.dtype)} array of shape {tuple(leaf.shape)}"
+    return type(leaf).__name__
+
+
+def params_mismatches(found: Any, expected: Any, where: str = "params") -> list[str]:
+    """Differences between a stored params tree and the tree a model expects.
+
+    Args:
+      found: the stored tree (dicts, lists, tuples of arrays).
+      expected: the expected tree, e.g. from :func:`expected_params`.
+      where: name of the root in the messages.
+
+    Returns:
+      One line per problem: a missing or extra key, a container of the wrong type or length,
+      an array of another shape, or of another kind of dtype (float / integer / bool /
+      complex; float32 against float64 is not a mismatch). Empty when the trees fit.
+    """
+    if hasattr(expected, "items") and hasattr(expected, "keys"):
+        if not (hasattr(found, "items") and hasattr(found, "keys")):
+            return [f"{where} is {_describe(found)}, expected a dict with keys "
+                    f"{sorted(expected.keys())}"]
+        out = [f"{where}[{k!r}] is missing (expected {_describe(expected[k])})"
+               for k in expected if k not in found]
+        out += [f"{where}[{k!r}] is not a parameter of this model" for k in found
+                if k not in expected]
+        for k in expected:
+            if k in found:
+                out += params_mismatches(found[k], expected[k], f"{where}[{k!r}]")
+        return out
+    if isinstance(expected, list | tuple):
+        if not isinstance(found, list | tuple) or len(found) != len(expected):
+            size = f" of length {len(found)}" if isinstance(found, list | tuple) else ""
+            return [f"{where} is {_describe(found)}{size}, expected a sequence of "
+                    f"{len(expected)}"]
+        return [line for i, (f, e) in enumerate(zip(found, expected, strict=True))
+                for line in params_mismatches(f, e, f"{where}[{i}]")]
+    if not (hasattr(expected, "shape") and hasattr(expected, "dtype")):
+        return []  # None or a Python scalar in the model's tree: nothing to compare
+    if not hasattr(found, "shape"):
+        if isinstance(found, bool | int | float) and expected.shape == ():
+            return []
+        return [f"{where} is {_describe(found)}, expected {_describe(expected)}"]
+    out = []
+    if tuple(found.shape) != tuple(expected.shape):
+        out.append(f"{where} has shape {tuple(found.shape)}, expected {tuple(expected.shape)}")
+    if _kind(found.dtype) != _kind(expected.dtype):
+        out.append(f"{where} has dtype {np.dtype(found.dtype).name}, expected a "
+                   f"{_kind(expected.dtype)} dtype ({np.dtype(expected.dtype).name})")
+    return out
+
+
+def nonfinite_params(params: Any) -> list[str]:
+    """Paths (``params['net']['kernel']``) of float arrays holding NaN or infinity."""
+    import jax
+
+    bad = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        array = np.asarray(leaf)
+        if _kind(array.dtype) in ("float", "complex") and not np.all(
+                np.isfinite(array.astype(np.complex128 if array.dtype.kind == "c"
+                                         else np.float64))):
+            bad.append("params" + jax.tree_util.keystr(key_path))
+    return bad

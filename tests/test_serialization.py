@@ -63,7 +63,11 @@ def test_dtypes_shapes_and_containers_exact(tmp_path):
     }
     path = tmp_path / "m.jaxpot"
     jaxpot.save_model(path, lennard_jones(1.0, 1.0, 2.5), params)
-    _, back = jaxpot.load_model(path)
+    # These params are not Lennard-Jones ones: loading checks them against the model ...
+    with pytest.raises(ValueError, match="do not fit"):
+        jaxpot.load_model(path)
+    # ... and without the check every container and dtype comes back exactly.
+    _, back = jaxpot.load_model(path, check_params=False)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
         if isinstance(a, int):
@@ -228,3 +232,133 @@ def test_write_is_atomic(saved, monkeypatch):
     # And a successful overwrite really replaces the content.
     jaxpot.save_model(saved, pot, params)
     assert jaxpot.load_model(saved)[0].config == pot.config
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter arrays that do not fit the model the config describes
+# ---------------------------------------------------------------------------------------------
+
+
+def _rewrite_params(path, edit):
+    """Re-pack a model file with ``edit(params_record)`` applied to its raw params tree."""
+    import hashlib
+
+    outer = msgpack.unpackb(path.read_bytes(), raw=False)
+    inner = msgpack.unpackb(outer["payload"], raw=False)
+    edit(inner["params"])
+    outer["payload"] = msgpack.packb(inner, use_bin_type=True)
+    outer["sha256"] = hashlib.sha256(outer["payload"]).hexdigest()
+    path.write_bytes(msgpack.packb(outer, use_bin_type=True))
+
+
+def _reshape(record, shape):
+    record["shape"] = list(shape)
+
+
+@pytest.fixture(scope="module")
+def nequip_file(tmp_path_factory):
+    from jaxpot.models import nequip
+
+    pot = nequip(species=["Cu", "O"], features="4x0e+4x1o", cutoff=3.0, radial_hidden=[8],
+                 num_layers=1)
+    system = System.from_arrays(np.array([[0.0, 0, 0], [1.8, 0, 0]]), [29, 8], cutoff=3.0)
+    params = pot.init(jax.random.key(1), system)
+    path = tmp_path_factory.mktemp("nequip") / "nequip.jaxpot"
+    jaxpot.save_model(path, pot, params)
+    return path, params
+
+
+def _lj_file(tmp_path):
+    pot = lennard_jones(3.4, 0.0104, 8.5)
+    path = tmp_path / "lj.jaxpot"
+    jaxpot.save_model(path, pot, pot.init(None, None))
+    return path
+
+
+def test_lj_missing_parameter(tmp_path):
+    path = _lj_file(tmp_path)
+    _rewrite_params(path, lambda p: p.pop("sigma"))
+    with pytest.raises(ValueError) as err:
+        jaxpot.load_model(path)
+    msg = str(err.value)
+    assert str(path) in msg and "params['sigma'] is missing" in msg and "shape ()" in msg
+
+
+def test_lj_misshaped_and_wrong_dtype_and_extra(tmp_path):
+    path = _lj_file(tmp_path)
+    pot, params = jaxpot.load_model(path)  # the intact file loads
+    # A [3] array where a scalar belongs (data and shape consistent, checksum valid).
+    jaxpot.save_model(path, pot, {**params, "epsilon": np.full(3, 0.0104)})
+    with pytest.raises(ValueError, match=r"params\['epsilon'\] has shape \(3,\), expected \(\)"):
+        jaxpot.load_model(path)
+    jaxpot.save_model(path, pot, {**params, "sigma": np.array(3, np.int32)})
+    with pytest.raises(ValueError, match=r"params\['sigma'\] has dtype int32, expected a float"):
+        jaxpot.load_model(path)
+    jaxpot.save_model(path, pot, {**params, "rc": np.array(2.0)})
+    with pytest.raises(ValueError, match=r"params\['rc'\] is not a parameter of this model"):
+        jaxpot.load_model(path)
+    # float32 against the float64 a model was saved in is not a mismatch
+    jaxpot.save_model(path, pot, jax.tree.map(lambda x: np.asarray(x, np.float32), params))
+    assert jaxpot.load_model(path)[0].config == pot.config
+
+
+def _first_kernel(tree, prefix=()):
+    """Key path of the first 2-d array leaf of a nested dict of arrays."""
+    for k, v in tree.items():
+        if isinstance(v, dict) and "__ndarray__" not in v:
+            found = _first_kernel(v, (*prefix, k))
+            if found:
+                return found
+        elif isinstance(v, dict) and len(v["shape"]) == 2:
+            return (*prefix, k)
+    return None
+
+
+def _at(tree, keys):
+    for k in keys[:-1]:
+        tree = tree[k]
+    return tree
+
+
+def test_nequip_intact_loads_and_gives_same_energy(nequip_file):
+    path, params = nequip_file
+    pot, back = jaxpot.load_model(path)
+    system = System.from_arrays(np.array([[0.0, 0, 0], [1.8, 0.2, 0]]), [29, 8], cutoff=3.0)
+    e = float(pot.energy(params, system))
+    assert e != 0.0 and float(pot.energy(back, system)) == e
+
+
+@pytest.mark.parametrize("corruption", ["remove", "reshape", "dtype"])
+def test_nequip_corrupted_params(nequip_file, tmp_path, corruption):
+    src, _ = nequip_file
+    path = tmp_path / "bad.jaxpot"
+    path.write_bytes(src.read_bytes())
+    keys = []
+
+    def edit(params):
+        keys[:] = _first_kernel(params["net"], ("net",))
+        parent, leaf = _at(params, keys), keys[-1]
+        record = parent[leaf]
+        if corruption == "remove":
+            del parent[leaf]
+        elif corruption == "reshape":  # same bytes, transposed shape
+            a, b = record["shape"]
+            _reshape(record, (b, a) if a != b else (a * b, 1))
+        else:
+            width = np.dtype(record["__ndarray__"]).itemsize * 8
+            record["__ndarray__"] = f"int{width}"  # same byte count as the float it replaces
+    _rewrite_params(path, edit)
+    with pytest.raises(ValueError) as err:
+        jaxpot.load_model(path)
+    msg = str(err.value)
+    where = "params" + "".join(f"[{k!r}]" for k in keys)
+    assert str(path) in msg and "'nequip'" in msg and where in msg, msg
+    expected = {"remove": "is missing", "reshape": "has shape", "dtype": "expected a float dtype"}
+    assert expected[corruption] in msg, msg
+
+
+def test_nonfinite_params_named():
+    params = {"a": np.ones(3), "b": {"c": np.array([1.0, np.nan]), "i": np.arange(3)},
+              "d": [np.array(np.inf, np.float32)]}
+    assert serialization.nonfinite_params(params) == ["params['b']['c']", "params['d'][0]"]
+    assert serialization.nonfinite_params({"a": np.ones(2)}) == []
