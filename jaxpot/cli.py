@@ -9,21 +9,39 @@
 
 Subcommands register themselves: each module in :data:`PLUGINS` that imports defines
 ``register(subparsers)``, which adds a parser whose ``func(args)`` returns an exit code.
-Bad input (missing or unreadable files, NaN positions, unknown elements, invalid options)
-ends with one line ``jaxpot: error: <message>`` on stderr and exit code 2, not a traceback.
+
+Exit codes (:data:`EXIT_CODES`):
+
+- 0: success;
+- 1: an unexpected error (a jaxpot bug): one line, and the traceback with ``--debug`` or
+  ``JAXPOT_DEBUG=1``;
+- 2: bad input: a missing or unreadable file, a corrupt model file, NaN positions, an element
+  the model does not know, an invalid option, an output that would overwrite an input, an
+  unwritable output path (also argparse's usage errors);
+- 3: the run failed on valid input: an MD run that blew up, a training run that diverged;
+- 130: interrupted (Ctrl-C).
+
+Errors are one line on stderr, ``jaxpot <command>: error: <message>``, never a traceback
+(unless ``--debug``).
+
+Every command uses JAX's persistent compilation cache, so a second run of the same model on the
+same shapes skips XLA compilation: the cache lives in ``$JAXPOT_COMPILE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/jaxpot/jax``, else ``~/.cache/jaxpot/jax``. Turn it off with
+``--no-compile-cache`` or ``JAXPOT_COMPILE_CACHE=0``; a cache directory configured for JAX
+itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import json
 import math
 import os
 import sys
 
-__all__ = ["main", "build_parser", "PLUGINS", "LOG_COLUMNS", "md_summary"]
+__all__ = ["main", "build_parser", "PLUGINS", "LOG_COLUMNS", "EXIT_CODES", "RunFailed",
+           "md_summary", "enable_compile_cache", "compile_cache_dir"]
 
 PLUGINS = ("jaxpot.train.commands", "jaxpot.demo")
 """Optional modules whose ``register(subparsers)`` adds subcommands (train, eval, demo)."""
@@ -31,6 +49,18 @@ PLUGINS = ("jaxpot.train.commands", "jaxpot.demo")
 LOG_COLUMNS = ("step", "time_fs", "potential_energy_ev", "kinetic_energy_ev", "total_energy_ev",
                "temperature_k")
 """Columns of the ``jaxpot md`` log CSV; ``pressure_gpa`` follows for periodic cells."""
+
+EXIT_CODES = {"ok": 0, "internal error": 1, "bad input": 2, "run failed": 3, "interrupted": 130}
+"""What each exit code of ``jaxpot`` means (see the module docstring)."""
+
+
+class RunFailed(RuntimeError):
+    """A run on valid input failed (MD blew up, training diverged): exit code 3."""
+
+
+_NVE_MAX_CHANGE_EV_PER_ATOM = 0.1
+"""An NVE run whose total energy moves further than this from its start (eV/atom, ~1200 K of
+kT) is reported as unstable instead of summarised."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,26 +137,134 @@ def md_summary(log: dict, *, n_atoms: int, ensemble: str) -> dict:
 
 
 def _write_log_csv(path: str, log: dict) -> None:
-    from jaxpot.serialization import atomic_write
+    from jaxpot.files import write_csv
 
     columns = list(LOG_COLUMNS) + (["pressure_gpa"] if "pressure_gpa" in log else [])
     missing = [c for c in columns if c not in log]
     if missing:
         raise RuntimeError(f"the MD log lacks columns {missing}")  # a jaxpot bug, not input
-    n = len(log["step"])
-    with atomic_write(path, "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(columns)
-        for i in range(n):
-            row = []
-            for c in columns:
-                v = log[c][i]
-                row.append(int(v) if c == "step" else repr(float(v)))
-            writer.writerow(row)
+    rows = ([int(log[c][i]) if c == "step" else float(log[c][i]) for c in columns]
+            for i in range(len(log["step"])))
+    write_csv(path, columns, rows)
 
 
 def _progress_wanted() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+def _check_md_options(args) -> None:
+    """Refuse invalid ``jaxpot md`` options, naming each, before any file is read."""
+    positive = [("--dt", args.dt), ("--tau", args.tau), ("--steps", args.steps),
+                ("--log-every", args.log_every)]
+    if args.traj_every is not None:
+        positive.append(("--traj-every", args.traj_every))
+    for name, value in positive:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value}")
+    for name, value, unit in (("--temperature", args.temperature, "kelvin"),
+                              ("--friction", args.friction, "1/fs")):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative number of {unit}, got {value}")
+    if args.traj_every is not None and args.traj_every % args.log_every:
+        raise ValueError(f"--traj-every ({args.traj_every}) must be a multiple of --log-every "
+                         f"({args.log_every})")
+    _check_output_paths({"--log": args.log, "--traj": args.traj, "--summary": args.summary},
+                        {"MODEL": args.model, "STRUCTURE": args.structure})
+
+
+def _check_output_paths(outputs: dict, inputs: dict) -> None:
+    """Outputs go to existing, writable directories, are not directories, and overwrite no
+    input and no other output (:func:`jaxpot.files.check_outputs`)."""
+    from jaxpot.files import check_outputs
+
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise ValueError(f"{name} {path!r} is a directory; give a file name")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{name}: output directory {directory!r} does not exist")
+        if not os.access(directory, os.W_OK):
+            raise PermissionError(f"{name}: cannot write in directory {directory!r} "
+                                  f"(permission denied)")
+    check_outputs(outputs, inputs)
+
+
+def _load_md_inputs(args):
+    """Model, structure and System, each checked on the host before any jitted call."""
+    import numpy as np
+
+    from jaxpot.io import read_structure
+    from jaxpot.potential import check_species
+    from jaxpot.serialization import load_model, nonfinite_params
+    from jaxpot.system import System
+
+    potential, params = load_model(args.model)
+    bad = nonfinite_params(params)
+    if bad:
+        raise ValueError(f"model {args.model!r}: parameter(s) {', '.join(bad[:5])} hold NaN or "
+                         f"infinity; the model cannot run (was its training diverging?)")
+    atoms = read_structure(args.structure)
+    where = f"structure {args.structure!r} ({atoms.get_chemical_formula()})"
+    masses = np.asarray(atoms.get_masses(), np.float64)
+    wrong = np.flatnonzero(~(np.isfinite(masses) & (masses > 0)))
+    if wrong.size:
+        i = int(wrong[0])
+        raise ValueError(f"{where}: atom {i} ({atoms[i].symbol}) has mass {masses[i]} amu; "
+                         f"masses must be positive ({wrong.size} atom(s) affected)")
+    check_species(potential, atoms.get_atomic_numbers(), where=where)
+    system = System.from_ase(atoms, where=where)
+    return potential, params, atoms, system
+
+
+def _typical_dt_fs(masses) -> float:
+    """A time step that is usually stable, fs: 0.5 fs × sqrt(lightest mass / amu)
+    (0.5 fs for hydrogen, 1.7 fs for carbon, 3.2 fs for argon)."""
+    return 0.5 * math.sqrt(float(min(masses)))
+
+
+def _md_failure(log: dict, args, atoms) -> str | None:
+    """Why an MD run is not trustworthy (non-finite energies, an NVE total energy that wandered
+    off, a thermostatted temperature that ran away), or None."""
+    import numpy as np
+
+    e_tot = np.asarray(log["total_energy_ev"], np.float64)
+    temps = np.asarray(log["temperature_k"], np.float64)
+    steps, n = np.asarray(log["step"]), len(atoms)
+    if not np.all(np.isfinite(e_tot)):
+        k = int(np.argmin(np.isfinite(e_tot)))
+        return f"non-finite energy at step {int(steps[k])}"
+    if args.ensemble == "nve":
+        change = np.abs(e_tot - e_tot[0]) / n
+        if change.max() > _NVE_MAX_CHANGE_EV_PER_ATOM:
+            k = int(np.argmax(change > _NVE_MAX_CHANGE_EV_PER_ATOM))
+            return (f"the total energy of this NVE run went from {e_tot[0]:.4g} eV to "
+                    f"{e_tot[k]:.4g} eV by step {int(steps[k])} ({change[k]:.3g} eV/atom, "
+                    f"limit {_NVE_MAX_CHANGE_EV_PER_ATOM} eV/atom; max temperature "
+                    f"{np.nanmax(temps):.3g} K)")
+        return None
+    limit = 10.0 * max(args.temperature, 300.0)
+    if np.nanmax(temps) > limit:
+        k = int(np.argmax(temps > limit))
+        return (f"the temperature ran away to {temps[k]:.3g} K by step {int(steps[k])} "
+                f"(thermostat at {args.temperature:g} K)")
+    return None
+
+
+def _raise_md_failure(reason: str, args, atoms) -> None:
+    import numpy as np
+
+    typical = _typical_dt_fs(atoms.get_masses())
+    light = atoms[int(np.argmin(atoms.get_masses()))].symbol if len(atoms) else "?"
+    if args.dt > 2.0 * typical:
+        hint = (f"--dt {args.dt:g} fs is large for {light} (about {typical:.2g} fs is usually "
+                f"stable): try a smaller --dt")
+    else:
+        hint = (f"--dt {args.dt:g} fs is not large for {light}, so the time step is an unlikely "
+                f"cause: check the starting structure (atoms too close?) and whether the model "
+                f"was trained on configurations like these")
+    raise RunFailed(f"the simulation is unstable: {reason}; {hint}")
 
 
 def _cmd_md(args) -> int:
@@ -136,46 +274,39 @@ def _cmd_md(args) -> int:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    from jaxpot.io import read_structure, write
-    from jaxpot.serialization import load_model
-    from jaxpot.system import System
-
-    for name, value in (("--dt", args.dt), ("--steps", args.steps),
-                        ("--log-every", args.log_every)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if args.temperature < 0 or not math.isfinite(args.temperature):
-        raise ValueError(f"--temperature must be a non-negative number of kelvin, "
-                         f"got {args.temperature}")
-    for path in (args.log, args.traj, args.summary):
-        if path is not None:
-            directory = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(directory):
-                raise FileNotFoundError(f"output directory {directory!r} does not exist")
-
-    potential, params = load_model(args.model)
-    atoms = read_structure(args.structure)
-    system = System.from_ase(atoms, where=f"structure {args.structure!r} "
-                                          f"({atoms.get_chemical_formula()})")
+    _check_md_options(args)
+    potential, params, atoms, system = _load_md_inputs(args)
     from jaxpot import md  # imported after the input is validated: jax_md is slow to import
 
-    traj_every = None
-    if args.traj is not None:
-        traj_every = args.traj_every or args.log_every
     result = md.simulate(
         potential, params, system,
         ensemble=args.ensemble, dt_fs=args.dt, temperature_kelvin=args.temperature,
         steps=args.steps, log_every=args.log_every, seed=args.seed,
-        friction_per_fs=args.friction, tau_fs=args.tau, trajectory_every=traj_every,
+        friction_per_fs=args.friction, tau_fs=args.tau,
+        trajectory_every=(args.traj_every or args.log_every) if args.traj else None,
         progress=_progress_wanted(),
     )
     log = {k: np.asarray(v) for k, v in result.log.items()}
-    if not np.all(np.isfinite(log["total_energy_ev"])):
-        first = int(np.argmin(np.isfinite(log["total_energy_ev"])))
-        raise ValueError(f"the simulation blew up: non-finite energy at step "
-                         f"{int(log['step'][first])} (try a smaller --dt)")
-    n_atoms = len(atoms)
-    summary = {
+    reason = _md_failure(log, args, atoms)
+    if reason is not None:
+        if args.log is not None:  # the log shows what happened; the summary is not written
+            _write_log_csv(args.log, log)
+        _raise_md_failure(reason, args, atoms)
+    summary = _md_run_summary(args, result, log, potential, len(atoms))
+    _write_md_outputs(args, log, result, summary)
+    drift = summary["energy_drift_ev_per_atom_per_ps"]
+    print(
+        f"jaxpot md: {len(atoms)} atoms, {args.steps} {args.ensemble} steps of {args.dt} fs; "
+        f"<T> = {summary['mean_temperature_k']:.1f} K; "
+        + (f"drift {drift:.3e} eV/atom/ps; " if drift is not None else "")
+        + f"{summary['atom_steps_per_s']:.3g} atom-steps/s, {summary['ns_per_day']:.3g} ns/day "
+        f"(compile {summary['compile_s']:.1f} s, run {summary['wall_s']:.1f} s)"
+    )
+    return 0
+
+
+def _md_run_summary(args, result, log: dict, potential, n_atoms: int) -> dict:
+    return {
         "n_atoms": n_atoms,
         "steps": int(args.steps),
         "ensemble": args.ensemble,
@@ -194,25 +325,18 @@ def _cmd_md(args) -> int:
         "float64": bool(_x64()),
         "jaxpot_version": _version(),
     }
+
+
+def _write_md_outputs(args, log: dict, result, summary: dict) -> None:
+    from jaxpot.files import atomic_write_text
+    from jaxpot.io import write
+
     if args.log is not None:
         _write_log_csv(args.log, log)
     if args.traj is not None:
         write(args.traj, result.frames)
     if args.summary is not None:
-        from jaxpot.serialization import atomic_write
-
-        with atomic_write(args.summary, "w") as f:
-            json.dump(summary, f, indent=2, allow_nan=False)
-            f.write("\n")
-    drift = summary["energy_drift_ev_per_atom_per_ps"]
-    print(
-        f"jaxpot md: {n_atoms} atoms, {args.steps} {args.ensemble} steps of {args.dt} fs; "
-        f"<T> = {summary['mean_temperature_k']:.1f} K; "
-        + (f"drift {drift:.3e} eV/atom/ps; " if drift is not None else "")
-        + f"{summary['atom_steps_per_s']:.3g} atom-steps/s, {summary['ns_per_day']:.3g} ns/day "
-        f"(compile {summary['compile_s']:.1f} s, run {summary['wall_s']:.1f} s)"
-    )
-    return 0
+        atomic_write_text(args.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def _device() -> str:
@@ -281,12 +405,31 @@ def _load_plugin(name: str):
         raise
 
 
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--debug`` and ``--no-compile-cache``, accepted before or after the subcommand."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    existing = parser._option_string_actions  # plugins may define their own; keep theirs
+    if "--debug" not in existing:
+        parser.add_argument("--debug", action="store_true", **default,
+                            help="show the full traceback of any error (or JAXPOT_DEBUG=1)")
+    if "--no-compile-cache" not in existing:
+        parser.add_argument("--no-compile-cache", action="store_true", **default,
+                            help="do not use JAX's persistent compilation cache (or "
+                                 "JAXPOT_COMPILE_CACHE=0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxpot`` argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog="jaxpot",
-        description="Machine-learned interatomic potentials and jit-compiled MD in JAX.")
+        description="Machine-learned interatomic potentials and jit-compiled MD in JAX.",
+        epilog="Exit codes: 0 success, 1 unexpected error (a bug: rerun with --debug), 2 bad "
+               "input or options, 3 a run that failed on valid input (MD blew up, training "
+               "diverged), 130 interrupted. Compiled functions are cached in "
+               "$JAXPOT_COMPILE_CACHE_DIR, $XDG_CACHE_HOME/jaxpot/jax or ~/.cache/jaxpot/jax "
+               "(off: --no-compile-cache or JAXPOT_COMPILE_CACHE=0).")
     parser.add_argument("--version", action="version", version=f"jaxpot {_version()}")
+    _global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_md(subparsers)
@@ -295,15 +438,79 @@ def build_parser() -> argparse.ArgumentParser:
         module = _load_plugin(name)
         if module is not None:
             module.register(subparsers)
+    for sub in subparsers.choices.values():
+        _global_options(sub, top=False)
     return parser
+
+
+def _env_off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def compile_cache_dir() -> str:
+    """Where the CLI keeps JAX's persistent compilation cache (see the module docstring)."""
+    if os.environ.get("JAXPOT_COMPILE_CACHE_DIR"):
+        return os.path.abspath(os.environ["JAXPOT_COMPILE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxpot", "jax")
+
+
+def enable_compile_cache(enabled: bool | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache for this process.
+
+    Compiles that take over 0.1 s are stored (JAX's default, 1 s, misses most model and MD
+    compiles on a GPU); the cache is capped at 2 GiB (least recently used entries go first).
+
+    Args:
+      enabled: False to leave the cache off; None reads ``JAXPOT_COMPILE_CACHE`` (``0`` = off).
+
+    Returns:
+      The cache directory in use, or None when the cache is off. A directory configured for
+      JAX itself (``JAX_COMPILATION_CACHE_DIR``) is kept, with its settings.
+    """
+    import jax
+
+    if enabled is None:
+        enabled = not _env_off("JAXPOT_COMPILE_CACHE")
+    if not enabled:
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    directory = compile_cache_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        print(f"jaxpot: note: compilation cache off ({_one_line(err)})", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
+    return directory
 
 
 def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         msg = f"{err.strerror}: {os.fspath(err.filename)!r}"
+    elif isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        key = err.args[0]
+        msg = key if " " in key else f"missing key {key!r}"
     else:
         msg = str(err) or type(err).__name__
     return " ".join(msg.split())
+
+
+def _exit_code(err: BaseException) -> int:
+    """2 for bad input, 3 for a run that failed on valid input, 1 for anything else."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if isinstance(err, RunFailed | FloatingPointError) or "SimulationUnstable" in names:
+        return 3
+    if isinstance(err, ValueError | OSError | KeyError):
+        return 2
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,19 +520,32 @@ def main(argv: list[str] | None = None) -> int:
       argv: arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-      The exit code: 0 on success, 2 for bad input (after one ``jaxpot: error:`` line on
-      stderr). ``argparse`` usage errors exit with code 2 through ``SystemExit``.
+      The exit code (:data:`EXIT_CODES`): 0 on success, 2 for bad input, 3 for a run that
+      failed on valid input, 1 for an unexpected error, each after one
+      ``jaxpot <command>: error: ...`` line on stderr (``--debug`` or ``JAXPOT_DEBUG=1``
+      re-raises instead, with the traceback). ``argparse`` usage errors exit with code 2
+      through ``SystemExit``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or _env_on("JAXPOT_DEBUG")
+    command = f"jaxpot {args.command}"
     try:
+        enable_compile_cache(False if getattr(args, "no_compile_cache", False) else None)
         code = args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"jaxpot: error: {_one_line(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("jaxpot: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            raise
+        code = _exit_code(err)
+        if code == 1:
+            print(f"{command}: internal error: {type(err).__name__}: {_one_line(err)} (a jaxpot "
+                  f"bug? rerun with --debug for the traceback)", file=sys.stderr)
+        else:
+            print(f"{command}: error: {_one_line(err)}", file=sys.stderr)
+        return code
     return 0 if code is None else int(code)
 
 

@@ -107,7 +107,7 @@ def _bad_cases(files, missing):
         "missing model": (["md", missing, s, "--steps", "2"], "nope.xyz"),
         "corrupt model": (["md", str(files["corrupt"]), s], "corrupt.jaxpot"),
         "structure as model": (["info", s], "not a jaxpot model file"),
-        "bad dt": (["md", m, s, "--dt", "-1"], "--dt must be positive"),
+        "bad dt": (["md", m, s, "--dt", "-1"], "--dt must be a positive number"),
         "missing output dir": (["md", m, s, "--log", missing + "/x/log.csv"], "does not exist"),
     }
 
@@ -119,7 +119,7 @@ def test_bad_input_one_line_exit_2(files, capsys):
         err = capsys.readouterr().err
         lines = err.strip().splitlines()
         assert len(lines) == 1, (name, err)
-        assert lines[0].startswith("jaxpot: error: "), (name, err)
+        assert lines[0].startswith(f"jaxpot {argv[0]}: error: "), (name, err)
         assert expected in lines[0], (name, err)
         assert "Traceback" not in err
 
@@ -132,7 +132,7 @@ def test_bad_input_subprocess(files):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert proc.stderr.startswith("jaxpot: error: ") and "non-finite" in proc.stderr
+    assert proc.stderr.startswith("jaxpot md: error: ") and "non-finite" in proc.stderr
 
 
 def test_usage_errors_exit_2(files):
