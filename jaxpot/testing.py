@@ -45,6 +45,7 @@ import numpy as np
 
 from jaxpot import neighbors as _nb
 from jaxpot import units
+from jaxpot.md.blocks import NeighborKeeper, run_checked
 from jaxpot.potential import Potential, energy_forces_stress
 from jaxpot.system import System
 
@@ -965,14 +966,13 @@ def _velocity_verlet(energy_fn, forces_fn, params, system, cutoff, skin, momenta
         tot, pot, _, moved = run_fixed(None, dt, substeps, frames)
         if cutoff is None or float(moved) < 0.5 * skin:
             return _np(tot), _np(pot)
-        capacity = 0
-        for _ in range(4):
-            nbrs = _nb.allocate(system, float(cutoff), skin=skin, min_capacity=capacity)
-            tot, pot, nb, _ = run_listed(nbrs, dt, substeps, frames)
-            if not bool(nb.overflow):
-                return _np(tot), _np(pot)
-            capacity = 2 * nb.spec.max_neighbors
-        raise RuntimeError("neighbour list kept overflowing during the NVE check")
+        # Overflow → reallocate for the starting structure → redo the whole run.
+        keeper = NeighborKeeper(float(cutoff), skin, max_attempts=4, growth=2.0)
+        _, (tot, pot, _, _) = run_checked(
+            lambda nbrs: run_listed(nbrs, dt, substeps, frames), keeper.allocate(system),
+            keeper, neighbors_of=lambda out: out[2], system_of=lambda _: system,
+            with_neighbors=lambda _, nbrs: nbrs, where="during the NVE check")
+        return _np(tot), _np(pot)
 
     return runner
 

@@ -165,7 +165,9 @@ def test_simulate_log_columns(hot_tight_run):
     res, _ = hot_tight_run
     log = res.log
     assert set(log) == {"step", "time_fs", "potential_energy_ev", "kinetic_energy_ev",
-                        "total_energy_ev", "temperature_k", "pressure_gpa"}
+                        "total_energy_ev", "temperature_k", "target_temperature_k",
+                        "pressure_gpa"}
+    np.testing.assert_allclose(log["target_temperature_k"], kelvin(6.0))
     np.testing.assert_array_equal(log["step"], np.arange(0, 401, 10))
     np.testing.assert_allclose(log["time_fs"], log["step"] * 0.001 / units.fs)
     np.testing.assert_allclose(log["total_energy_ev"],

@@ -16,6 +16,14 @@ pairs whose state carries a :class:`jaxpot.neighbors.Neighbors` list updated eve
 :func:`simulate` fuses steps in jitted ``lax.scan`` blocks and never computes a step on an
 overflowed list; :func:`fire` relaxes positions.
 
+Hooks for growth: integrators call a :class:`ForceProvider` (``md.provider(potential, params)``:
+energy, forces, stress and per-atom outputs) instead of closing over the potential; the state
+carries the bath ``kT`` (and a target ``pressure``) so drivers can ramp them; ``simulate`` takes
+``observers`` (traced at log points) and a ``stop`` predicate (host, between blocks), returns the
+trajectory as arrays (:class:`Trajectory`), and raises :class:`SimulationUnstable` when a run
+blows up. :mod:`jaxpot.md.blocks` holds the overflow → reallocate → redo loop shared by
+``simulate``, ``fire`` and :mod:`jaxpot.testing`.
+
 Not provided yet: NPT. JAX MD's ``npt_nose_hoover`` integrates fractional coordinates in a
 ``space.periodic_general`` box that changes every step, while jaxpot's jitted cell list fixes its
 bin grid at allocation (bins would become narrower than the cutoff as the box shrinks) and its
@@ -23,6 +31,9 @@ potentials take Cartesian positions and a cell; bridging the two (fractional wra
 reallocation, barostat pressure from ``energy_forces_stress``) is left for later.
 """
 
+from jaxpot.md.blocks import NeighborKeeper, NeighborListError, run_checked
+from jaxpot.md.checks import SimulationUnstable, check_params_finite
+from jaxpot.md.forces import ForceOutput, ForceProvider, provider
 from jaxpot.md.integrators import (
     Integrator,
     LangevinState,
@@ -38,15 +49,25 @@ from jaxpot.md.integrators import (
     temperature,
 )
 from jaxpot.md.minimize import fire
-from jaxpot.md.run import ENSEMBLES, MDResult, simulate
+from jaxpot.md.run import ENSEMBLES, MDResult, Observer, StopPredicate, simulate
+from jaxpot.md.trajectory import Trajectory, write_trajectory
 
 __all__ = [
     "ENSEMBLES",
+    "ForceOutput",
+    "ForceProvider",
     "Integrator",
     "LangevinState",
     "MDResult",
     "NVEState",
+    "NeighborKeeper",
+    "NeighborListError",
     "NoseHooverState",
+    "Observer",
+    "SimulationUnstable",
+    "StopPredicate",
+    "Trajectory",
+    "check_params_finite",
     "degrees_of_freedom",
     "fire",
     "kinetic_energy",
@@ -54,7 +75,10 @@ __all__ = [
     "maxwell_boltzmann",
     "nose_hoover",
     "nve",
+    "provider",
     "remove_net_momentum",
+    "run_checked",
     "simulate",
     "temperature",
+    "write_trajectory",
 ]

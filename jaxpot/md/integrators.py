@@ -29,6 +29,7 @@ time unit t ≈ 10.18 fs (pass ``dt_fs * units.fs``), ``kT`` in eV, ``friction``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,8 +40,9 @@ from flax import struct
 from jax_md import simulate as jmd_simulate
 
 from jaxpot import neighbors as nb
+from jaxpot.md.forces import ForceProvider, provider
 from jaxpot.neighbors import Neighbors
-from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
+from jaxpot.potential import Potential
 from jaxpot.system import System
 
 __all__ = [
@@ -87,6 +89,10 @@ class NVEState:
       stress: ``[3, 3]`` virial stress, eV/Å³ (ASE sign, no kinetic part), from the last force
         evaluation that asked for it (``init`` and ``step(state, stress=True)``).
       neighbors: the :class:`~jaxpot.neighbors.Neighbors` list, updated every step.
+      kT: scalar bath temperature as kT, eV. Thermostats read it every step, so a driver may
+        change it between steps (a temperature ramp); velocity Verlet ignores it.
+      pressure: scalar target pressure, eV/Å³. A placeholder for barostats (no integrator here
+        reads it yet); it travels with the state so that NPT can ramp it like ``kT``.
     """
 
     system: System
@@ -95,6 +101,8 @@ class NVEState:
     energy: jax.Array
     stress: jax.Array
     neighbors: Neighbors
+    kT: jax.Array
+    pressure: jax.Array
 
     @property
     def positions(self) -> jax.Array:
@@ -208,33 +216,17 @@ def _strip_edges(system: System) -> System:
     )
 
 
-def _evaluator(potential: Potential, params: Params):
-    """``(system, nbrs, x, with_stress) -> (nbrs, E, F, σ | None)`` with the list updated at x."""
-    ef = energy_and_forces(potential)
-    efs = energy_forces_stress(potential)
-
-    def evaluate(system, nbrs, x, with_stress):
-        moved = system.replace(positions=x)
-        nbrs = nb.update(nbrs, moved)
-        full = nbrs.attach(moved)
-        if with_stress:
-            e, f, sigma = efs(params, full)
-            return nbrs, e, f, sigma
-        e, f = ef(params, full)
-        return nbrs, e, f, None
-
-    return evaluate
-
-
-def _initial_state(potential, params, key, system, neighbors, kT, momenta):
+def _initial_state(force: ForceProvider, key, system, neighbors, kT, momenta,
+                   pressure=0.0) -> NVEState:
     """Momenta, first force/energy/stress evaluation (jitted), edges stripped."""
     system = _strip_edges(system)
+    dtype = system.positions.dtype
     if momenta is None:
         if kT is None:
             momenta = jnp.zeros_like(system.positions)
         else:
             momenta = maxwell_boltzmann(key, system.masses, kT, system.atom_mask)
-    momenta = jnp.where(system.atom_mask[:, None], jnp.asarray(momenta, system.positions.dtype), 0)
+    momenta = jnp.where(system.atom_mask[:, None], jnp.asarray(momenta, dtype), 0)
 
     # A list from ``allocate`` is fresh at these positions; refresh (eagerly) only if stale, so
     # that this jitted first evaluation holds no copy of the rebuild code (faster compiles).
@@ -245,34 +237,36 @@ def _initial_state(potential, params, key, system, neighbors, kT, momenta):
             f"neighbour list overflowed (max_neighbors={neighbors.spec.max_neighbors}, "
             f"needed {int(neighbors.max_count)}); allocate it again for this structure"
         )
-    e, f, sigma = jax.jit(energy_forces_stress(potential))(params, neighbors.attach(system))
+    first = jax.jit(lambda params, s: ForceProvider(force.potential, params).evaluate(s))
+    e, f, sigma = first(force.params, neighbors.attach(system))
     return NVEState(system=system, momenta=momenta, forces=f, energy=e, stress=sigma,
-                    neighbors=neighbors)
+                    neighbors=neighbors, kT=jnp.asarray(0.0 if kT is None else kT, dtype),
+                    pressure=jnp.asarray(pressure, dtype))
 
 
-def _kick_drift_kick(evaluate, state, dt, with_stress, drift):
+def _kick_drift_kick(force: ForceProvider, state, dt, with_stress, drift):
     """Velocity Verlet around ``drift(x, p) -> (x, p, extra)`` (the A[O]A part)."""
     system = state.system
     inv_m = (1.0 / system.masses)[:, None]
     p = state.momenta + 0.5 * dt * state.forces
     x, p, extra = drift(system.positions, p, inv_m)
-    nbrs, e, f, sigma = evaluate(system, state.neighbors, x, with_stress)
-    p = p + 0.5 * dt * f
-    if sigma is None:
-        sigma = state.stress
-    new = state.replace(system=system.replace(positions=x), momenta=p, forces=f, energy=e,
-                        neighbors=nbrs, stress=sigma)
+    out = force(system, state.neighbors, x, stress=with_stress)
+    p = p + 0.5 * dt * out.forces
+    sigma = state.stress if out.stress is None else out.stress
+    new = state.replace(system=system.replace(positions=x), momenta=p, forces=out.forces,
+                        energy=out.energy, neighbors=out.neighbors, stress=sigma)
     return new, extra
 
 
 # ------------------------------------------------------------------------------ integrators
 
 
-def nve(potential: Potential, params: Params, dt: float) -> Integrator:
+def nve(potential: Potential | ForceProvider, params: Params, dt: float) -> Integrator:
     """Velocity Verlet in the microcanonical (NVE) ensemble.
 
     Args:
-      potential: the :class:`~jaxpot.Potential`.
+      potential: the :class:`~jaxpot.Potential`, or a :class:`~jaxpot.md.ForceProvider`
+        (then ``params`` is None).
       params: its parameters.
       dt: time step in internal units (``dt_fs * units.fs``).
 
@@ -287,21 +281,21 @@ def nve(potential: Potential, params: Params, dt: float) -> Integrator:
       >>> pot = potentials.lennard_jones(3.4, 0.0104, 8.5)
       >>> # init, step = md.nve(pot, pot.init(None, None), 2 * units.fs)
     """
-    evaluate = _evaluator(potential, params)
+    force = provider(potential, params)
 
     def init_fn(key, system, neighbors, *, kT=None, momenta=None):
-        return _initial_state(potential, params, key, system, neighbors, kT, momenta)
+        return _initial_state(force, key, system, neighbors, kT, momenta)
 
     def drift(x, p, inv_m):
         return x + dt * p * inv_m, p, None
 
     def step_fn(state, *, stress: bool = False):
-        return _kick_drift_kick(evaluate, state, dt, stress, drift)[0]
+        return _kick_drift_kick(force, state, dt, stress, drift)[0]
 
     return Integrator(init_fn, step_fn)
 
 
-def langevin(potential: Potential, params: Params, dt: float, kT: float,
+def langevin(potential: Potential | ForceProvider, params: Params, dt: float, kT: float,
              friction: float) -> Integrator:
     """BAOAB Langevin dynamics in the canonical (NVT) ensemble.
 
@@ -318,9 +312,10 @@ def langevin(potential: Potential, params: Params, dt: float, kT: float,
     Lennard-Jones liquid at dt* = 0.01 (0.25 % at dt* = 0.005).
 
     Args:
-      potential, params: the potential and its parameters.
+      potential, params: the potential and its parameters (or a ForceProvider and None).
       dt: time step, internal units.
-      kT: bath temperature, eV.
+      kT: bath temperature, eV: the initial ``state.kT``; the step reads ``state.kT``, so a
+        driver can ramp it.
       friction: γ, 1/internal time (``friction_per_fs / units.fs``).
 
     Returns:
@@ -331,13 +326,14 @@ def langevin(potential: Potential, params: Params, dt: float, kT: float,
       R. L. Davidchack, T. E. Ouldridge, M. V. Tretyakov, J. Chem. Phys. 142, 144114 (2015).
       B. Leimkuhler, C. Matthews, Appl. Math. Res. Express 2013, 34 (2013).
     """
-    evaluate = _evaluator(potential, params)
+    force = provider(potential, params)
     bath_kT = kT
 
     def init_fn(key, system, neighbors, *, kT=None, momenta=None):
         key, sub = jax.random.split(key)
-        state = _initial_state(potential, params, sub, system, neighbors,
+        state = _initial_state(force, sub, system, neighbors,
                                bath_kT if kT is None else kT, momenta)
+        state = state.replace(kT=jnp.asarray(bath_kT, state.kT.dtype))
         return LangevinState(**_fields(state), key=key)
 
     def step_fn(state, *, stress: bool = False):
@@ -347,30 +343,31 @@ def langevin(potential: Potential, params: Params, dt: float, kT: float,
         def drift(x, p, inv_m):
             x = x + 0.5 * dt * p * inv_m
             ou = jmd_simulate.NVTLangevinState(x, p, state.forces, masses[:, None], state.key)
-            ou = jmd_simulate.stochastic_step(ou, dt, bath_kT, friction)
+            ou = jmd_simulate.stochastic_step(ou, dt, state.kT, friction)
             p = remove_net_momentum(ou.momentum, masses, mask)
             x = x + 0.5 * dt * p * inv_m
             return x, p, ou.rng
 
-        new, key = _kick_drift_kick(evaluate, state, dt, stress, drift)
+        new, key = _kick_drift_kick(force, state, dt, stress, drift)
         return new.replace(key=key)
 
     return Integrator(init_fn, step_fn)
 
 
-def nose_hoover(potential: Potential, params: Params, dt: float, kT: float, tau: float, *,
-                chain_length: int = 3, chain_steps: int = 2, sy_steps: int = 3) -> Integrator:
+def nose_hoover(potential: Potential | ForceProvider, params: Params, dt: float, kT: float,
+                tau: float, *, chain_length: int = 3, chain_steps: int = 2,
+                sy_steps: int = 3) -> Integrator:
     """Nosé–Hoover chain thermostat (NVT), as JAX MD's ``nvt_nose_hoover``.
 
-    Each step is: chain half step (JAX MD's ``nose_hoover_chain``, which rescales the momenta),
-    velocity Verlet with the neighbour update, chain half step. The chain is coupled to
-    ``3N − 3`` degrees of freedom (zero total momentum is preserved by the uniform rescaling),
-    so ⟨2K⟩ = (3N − 3) kT.
+    Each step is: chain masses for the current ``state.kT`` (JAX MD's ``update_mass``), chain
+    half step (JAX MD's ``nose_hoover_chain``, which rescales the momenta), velocity Verlet with
+    the neighbour update, chain half step. The chain is coupled to ``3N − 3`` degrees of
+    freedom (zero total momentum is preserved by the uniform rescaling), so ⟨2K⟩ = (3N − 3) kT.
 
     Args:
-      potential, params: the potential and its parameters.
+      potential, params: the potential and its parameters (or a ForceProvider and None).
       dt: time step, internal units.
-      kT: bath temperature, eV.
+      kT: bath temperature, eV (the initial ``state.kT``; the step reads ``state.kT``).
       tau: thermostat period, internal time units (``tau_fs * units.fs``; ~100 dt is typical).
       chain_length: number of thermostats in the chain.
       chain_steps: outer substeps per half step.
@@ -383,13 +380,14 @@ def nose_hoover(potential: Potential, params: Params, dt: float, kT: float, tau:
       G. J. Martyna, M. L. Klein, M. Tuckerman, J. Chem. Phys. 97, 2635 (1992).
       M. E. Tuckerman et al., J. Phys. A 39, 5629 (2006).
     """
-    evaluate = _evaluator(potential, params)
+    force = provider(potential, params)
     chain = jmd_simulate.nose_hoover_chain(dt, chain_length, chain_steps, sy_steps, tau)
     bath_kT = kT
 
     def init_fn(key, system, neighbors, *, kT=None, momenta=None):
-        state = _initial_state(potential, params, key, system, neighbors,
+        state = _initial_state(force, key, system, neighbors,
                                bath_kT if kT is None else kT, momenta)
+        state = state.replace(kT=jnp.asarray(bath_kT, state.kT.dtype))
         dof = degrees_of_freedom(state.system.atom_mask)
         ke = kinetic_energy(state.momenta, state.system.masses, state.system.atom_mask)
         c = chain.initialize(dof, ke, bath_kT)
@@ -398,20 +396,21 @@ def nose_hoover(potential: Potential, params: Params, dt: float, kT: float, tau:
 
     def step_fn(state, *, stress: bool = False):
         system = state.system
-        p, c = chain.half_step(state.momenta, state.chain, bath_kT)
+        c = state.chain
+        c = c.set(mass=chain.update_mass(c, state.kT).mass.astype(c.mass.dtype))
+        p, c = chain.half_step(state.momenta, c, state.kT)
         state = state.replace(momenta=p)
 
         def drift(x, p, inv_m):
             return x + dt * p * inv_m, p, None
 
-        state, _ = _kick_drift_kick(evaluate, state, dt, stress, drift)
+        state, _ = _kick_drift_kick(force, state, dt, stress, drift)
         c = c.set(kinetic_energy=kinetic_energy(state.momenta, system.masses, system.atom_mask))
-        p, c = chain.half_step(state.momenta, c, bath_kT)
+        p, c = chain.half_step(state.momenta, c, state.kT)
         return state.replace(momenta=p, chain=c)
 
     return Integrator(init_fn, step_fn)
 
 
 def _fields(state: NVEState) -> dict:
-    return {k: getattr(state, k) for k in
-            ("system", "momenta", "forces", "energy", "stress", "neighbors")}
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(NVEState)}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,9 @@ from jax_md import minimize as jmd_minimize
 from jax_md import space as jmd_space
 
 from jaxpot import neighbors as nb
-from jaxpot.potential import Potential, energy_and_forces
+from jaxpot.md.blocks import NeighborKeeper, run_checked
+from jaxpot.md.checks import check_params_finite
+from jaxpot.potential import Potential, check_species, energy_and_forces
 from jaxpot.system import System
 
 __all__ = ["fire"]
@@ -38,8 +38,8 @@ def fire(
     has no cap, and with stiff forces its first steps would throw atoms into each other).
     Its force function refreshes the jaxpot
     neighbour list at the positions it is called with; the loop runs jitted ``lax.while_loop``
-    segments of up to ``check_every`` steps, and on the host it reallocates the list if it
-    overflowed (the overflowing step is discarded and redone with the bigger list).
+    segments of up to ``check_every`` steps; a segment whose list overflowed is thrown away and
+    redone with a bigger list (:func:`jaxpot.md.blocks.run_checked`).
 
     Args:
       potential, params: the potential and its parameters.
@@ -56,9 +56,16 @@ def fire(
       neighbour list) and a dict with ``energy`` (eV), ``fmax`` (eV/Å), ``steps``,
       ``converged`` and ``n_reallocations``.
 
+    Raises:
+      ValueError: an element unknown to the model, non-finite parameters or positions, or a
+        non-positive ``fmax``/``check_every`` or negative ``max_steps`` (checked before any
+        compilation).
+
     References:
       E. Bitzek, P. Koskinen, F. Gähler, M. Moseler, P. Gumbsch, PRL 97, 170201 (2006).
     """
+    _check_fire_inputs(potential, params, system, fmax=fmax, max_steps=max_steps,
+                       check_every=check_every)
     ef = energy_and_forces(potential)
     mask = system.atom_mask
     _, free_shift = jmd_space.free()
@@ -90,39 +97,31 @@ def fire(
         _, apply_fn = make(params, stripped)
 
         def cond(c):
-            st, nbrs, k, over = c
+            st, nbrs, k = c
             return (k < jnp.minimum(n_done + check_every, max_steps)) & (
-                fmax_of(st.force, stripped.atom_mask) > fmax) & ~over
+                fmax_of(st.force, stripped.atom_mask) > fmax) & ~nbrs.overflow
 
         def body(c):
-            st, nbrs, k, _ = c
+            st, nbrs, k = c
             new = apply_fn(st, neighbor=nbrs)
-            new_nbrs = nb.update(nbrs, stripped.replace(positions=new.position))
-            over = new_nbrs.overflow
-            keep = jax.tree.map(lambda a, b: jnp.where(over, a, b), (st, nbrs), (new, new_nbrs))
-            return keep[0], keep[1], jnp.where(over, k, k + 1), over
+            return new, nb.update(nbrs, stripped.replace(positions=new.position)), k + 1
 
-        return jax.lax.while_loop(cond, body, (state, nbrs, n_done, jnp.zeros((), bool)))
+        return jax.lax.while_loop(cond, body, (state, nbrs, n_done))
 
     stripped = system.replace(senders=jnp.zeros((0,), jnp.int32),
                               receivers=jnp.zeros((0,), jnp.int32),
                               shifts=jnp.zeros((0, 3), system.positions.dtype))
-    mult = 1.25
-    nbrs = nb.allocate(system, potential.cutoff, skin=skin, capacity_multiplier=mult)
-    state = start(params, stripped, nbrs)
-    n_done = jnp.zeros((), jnp.int32)
-    n_realloc = 0
+    keeper = NeighborKeeper(potential.cutoff, skin, max_attempts=20)
+    carry = (None, keeper.allocate(system), jnp.zeros((), jnp.int32))
+    carry = (start(params, stripped, carry[1]), carry[1], carry[2])
     while True:
-        state, nbrs, n_done, over = segment(params, stripped, state, nbrs, n_done)
-        if bool(over):
-            n_realloc += 1
-            if n_realloc > 20:
-                raise ValueError("fire: neighbour list keeps overflowing; atoms are collapsing")
-            mult *= 1.5
-            nbrs = nb.allocate(stripped.replace(positions=state.position), potential.cutoff,
-                               skin=skin, capacity_multiplier=mult,
-                               min_capacity=int(math.ceil(nbrs.spec.max_neighbors * 1.5)))
-            continue
+        # A segment whose list overflowed is redone from its start with a bigger list.
+        _, carry = run_checked(
+            lambda c: segment(params, stripped, *c), carry, keeper,
+            neighbors_of=lambda out: out[1],
+            system_of=lambda c: stripped.replace(positions=c[0].position),
+            with_neighbors=lambda c, n: (c[0], n, c[2]), where="during fire")
+        state, nbrs, n_done = carry
         if float(fmax_of(state.force, mask)) <= fmax or int(n_done) >= max_steps:
             break
     final = stripped.replace(positions=state.position)
@@ -130,5 +129,21 @@ def fire(
     e, f = ef(params, relaxed)  # eager: one call, no extra compile
     f_max = float(np.sqrt(np.max(np.where(np.asarray(mask), np.sum(np.asarray(f) ** 2, -1), 0))))
     info = {"energy": float(e), "fmax": f_max, "steps": int(n_done),
-            "converged": f_max <= fmax, "n_reallocations": n_realloc}
+            "converged": f_max <= fmax, "n_reallocations": keeper.n_reallocations}
     return relaxed, info
+
+
+def _check_fire_inputs(potential, params, system, *, fmax, max_steps, check_every) -> None:
+    if not (np.isfinite(fmax) and fmax > 0):
+        raise ValueError(f"fire: fmax must be a finite number > 0 eV/Å, got {fmax!r}")
+    if int(max_steps) != max_steps or max_steps < 0:
+        raise ValueError(f"fire: max_steps must be an integer ≥ 0, got {max_steps!r}")
+    if int(check_every) != check_every or check_every < 1:
+        raise ValueError(f"fire: check_every must be an integer ≥ 1, got {check_every!r}")
+    mask = np.asarray(system.atom_mask, bool)
+    positions = np.asarray(system.positions, np.float64)
+    bad = np.flatnonzero(mask & ~np.all(np.isfinite(positions), axis=-1))
+    if bad.size:
+        raise ValueError(f"fire: structure: atom {int(bad[0])} has a non-finite position")
+    check_species(potential, np.asarray(system.species)[mask], where="fire: structure")
+    check_params_finite(params, where=f"fire: model {potential.config.get('name')!r}")

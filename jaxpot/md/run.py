@@ -1,29 +1,37 @@
-"""The fused MD loop: jitted ``lax.scan`` blocks, host-side overflow checks, observables.
+"""The fused MD loop: jitted ``lax.scan`` blocks, host-side checks between blocks, observers.
 
 :func:`simulate` runs ``steps`` time steps as a sequence of jitted blocks. A block is a
 ``lax.scan`` over log intervals, each a ``lax.scan`` over ``log_every`` steps whose last step
-also computes the virial stress; observables are recorded at the end of every interval (no host
-round trip per step). After each block the host reads the neighbour list's sticky ``overflow``
-flag; if it is set, the list is reallocated with more capacity from the state at the **start**
-of the block and the block is redone, so no step is ever computed on a truncated list. The next
-block is dispatched before the flag of the current one is read (JAX's asynchronous dispatch), so
-the check costs no device idle time; on an overflow the speculative block is thrown away.
+also computes the virial stress; observables (the built-in energies and pressure, and any
+user **observers**) are recorded at the end of every interval, inside the scan (no host round
+trip per step). The bath temperature of every step comes from a host-side schedule passed into
+the block as an array, so a temperature ramp costs no recompilation.
+
+Between blocks the host (1) reads the neighbour list's sticky ``overflow`` flag and, if set,
+reallocates the list from the state at the **start** of the block and redoes it
+(:func:`jaxpot.md.blocks.run_checked`), so no step is ever computed on a truncated list;
+(2) checks the block's log for a blow-up (:class:`jaxpot.md.checks.StabilityMonitor`);
+(3) asks the user's ``stop`` predicate whether to end the run. The next block is dispatched
+before the current one is looked at (JAX's asynchronous dispatch), so the checks cost no device
+idle time; when a block is redone or the run stops, the speculative block is thrown away.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpot import neighbors as nb
 from jaxpot import units
+from jaxpot.md.blocks import NeighborKeeper, NeighborListError, run_checked
+from jaxpot.md.checks import StabilityMonitor, check_inputs
+from jaxpot.md.forces import ForceOutput, provider
 from jaxpot.md.integrators import (
     Integrator,
     degrees_of_freedom,
@@ -32,14 +40,22 @@ from jaxpot.md.integrators import (
     nose_hoover,
     nve,
 )
+from jaxpot.md.trajectory import Trajectory, write_trajectory
 from jaxpot.potential import Potential
 from jaxpot.system import System
 
-__all__ = ["MDResult", "simulate", "ENSEMBLES"]
+__all__ = ["MDResult", "simulate", "ENSEMBLES", "Observer", "StopPredicate"]
 
 ENSEMBLES = ("nve", "langevin", "nose-hoover")
 _BLOCK_STEPS = 200  # aim for blocks of about this many steps between host checks
-_MAX_REALLOCATIONS_PER_BLOCK = 8
+
+Observer = Callable[[Any, ForceOutput], dict]
+"""``(state, output) -> {name: array}``, traced inside the fused loop at every log point."""
+StopPredicate = Callable[[Any, dict], bool]
+"""``(state, observed) -> bool`` on the host after each block; True ends the run."""
+
+_BUILTIN = ("step", "time_fs", "potential_energy_ev", "kinetic_energy_ev", "total_energy_ev",
+            "temperature_k", "target_temperature_k", "pressure_gpa")
 
 
 @dataclasses.dataclass
@@ -47,24 +63,28 @@ class MDResult:
     """What :func:`simulate` returns.
 
     Attributes:
-      log: dict of ``[n_log]`` NumPy arrays, one row per log point (step 0 included):
-        ``step``, ``time_fs``, ``potential_energy_ev``, ``kinetic_energy_ev``,
-        ``total_energy_ev``, ``temperature_k`` (``2K / ((3N − 3) k_B)``, N real atoms) and, for
-        fully periodic cells, ``pressure_gpa`` (virial + kinetic ``2K/3V``).
-      frames: ``ase.Atoms`` every ``trajectory_every`` steps (with momenta; ``info`` holds
-        ``step``, ``time_fs``, ``potential_energy_ev``); empty if not requested.
+      log: dict of NumPy arrays with one row per log point (step 0 included): ``step``,
+        ``time_fs``, ``potential_energy_ev``, ``kinetic_energy_ev``, ``total_energy_ev``,
+        ``temperature_k`` (``2K / ((3N − 3) k_B)``, N real atoms), ``target_temperature_k``
+        (the bath temperature at that step), for fully periodic cells ``pressure_gpa``
+        (virial + kinetic ``2K/3V``), and one entry per observer output (``[n_log, ...]``).
+      trajectory: a :class:`~jaxpot.md.Trajectory` of arrays (``positions``
+        ``[n_frames, n_atoms, 3]`` Å, ``momenta``, ``cells``...), every ``trajectory_every``
+        steps; no frames if not requested.
       final_system: the :class:`~jaxpot.System` at the last step (unwrapped positions, edges from
         the final neighbour list, valid for the potential's cutoff).
       compile_s: seconds spent compiling (and in the first force evaluation).
       wall_s: seconds spent stepping, after compilation.
-      atom_steps_per_s: real atoms × steps / ``wall_s``.
+      atom_steps_per_s: real atoms × steps done / ``wall_s``.
       ns_per_day: simulated nanoseconds per day of ``wall_s``.
       n_reallocations: how many times the neighbour list overflowed and was reallocated.
       final_state: the integrator state at the last step (to continue a run).
+      stopped: True when the ``stop`` predicate ended the run early.
+      steps_done: steps actually run (``steps`` unless stopped).
     """
 
     log: dict[str, np.ndarray]
-    frames: list
+    trajectory: Trajectory
     final_system: System
     compile_s: float
     wall_s: float
@@ -72,20 +92,43 @@ class MDResult:
     ns_per_day: float
     n_reallocations: int
     final_state: Any = None
+    stopped: bool = False
+    steps_done: int = 0
+
+    @property
+    def stop_step(self) -> int | None:
+        """The step at which the ``stop`` predicate ended the run, or None."""
+        return self.steps_done if self.stopped else None
+
+    def to_atoms(self) -> list:
+        """The trajectory frames as ``ase.Atoms`` (with momenta and ``info``)."""
+        return self.trajectory.to_atoms()
+
+    @property
+    def frames(self) -> list:
+        """``ase.Atoms`` frames (converted on each access; prefer :attr:`trajectory`)."""
+        return self.to_atoms()
+
+    def write_trajectory(self, path, *, format: str | None = None) -> None:
+        """Write the frames with ASE (see :func:`jaxpot.md.write_trajectory`)."""
+        write_trajectory(path, self.trajectory, format=format)
 
 
-def _integrator(ensemble, potential, params, dt, kT, friction, tau) -> Integrator:
+# ------------------------------------------------------------------------------ set-up pieces
+
+
+def _integrator(ensemble, force, dt, kT, friction, tau) -> Integrator:
     if ensemble == "nve":
-        return nve(potential, params, dt)
+        return nve(force, None, dt)
     if ensemble == "langevin":
-        return langevin(potential, params, dt, kT, friction)
-    return nose_hoover(potential, params, dt, kT, tau)
+        return langevin(force, None, dt, kT, friction)
+    return nose_hoover(force, None, dt, kT, tau)
 
 
-def _plan(steps: int, log_every: int) -> list[tuple[int, int]]:
+def _plan(steps: int, log_every: int, block_steps: int) -> list[tuple[int, int]]:
     """Blocks as ``(n_intervals, interval_length)``, using few distinct shapes."""
     n_full, rest = divmod(steps, log_every)
-    target = max(1, _BLOCK_STEPS // log_every)
+    target = max(1, block_steps // log_every)
     blocks: list[tuple[int, int]] = []
     if n_full:
         # Prefer a block size that divides the number of intervals (one compiled shape).
@@ -101,6 +144,267 @@ def _plan(steps: int, log_every: int) -> list[tuple[int, int]]:
     return blocks
 
 
+def _schedule(temperature_kelvin, steps: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``steps [k] -> kelvin [k]`` from a number, a ``(start, end)`` ramp or a callable."""
+    if callable(temperature_kelvin):
+        fn = temperature_kelvin
+
+        def table(s):
+            try:
+                out = np.broadcast_to(np.asarray(fn(s), np.float64), s.shape)
+            except Exception:  # a scalar-only callable: one call per step
+                out = np.array([float(fn(int(k))) for k in s], np.float64)
+            return out
+    elif isinstance(temperature_kelvin, tuple | list) and len(temperature_kelvin) == 2:
+        t0, t1 = (float(t) for t in temperature_kelvin)
+
+        def table(s):
+            return t0 + (t1 - t0) * np.asarray(s, np.float64) / max(steps, 1)
+    else:
+        try:
+            value = float(temperature_kelvin)
+        except (TypeError, ValueError):
+            raise ValueError(f"simulate: temperature_kelvin must be a number, a (start, end) "
+                             f"pair or a callable of the step, got {temperature_kelvin!r}"
+                             ) from None
+
+        def table(s):
+            return np.full(np.shape(s), value)
+
+    def checked(s):
+        s = np.asarray(s, np.int64)
+        t = table(s)
+        bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+        if bad.size:
+            raise ValueError(f"simulate: temperature_kelvin is {t[bad[0]]!r} K at step "
+                             f"{int(s[bad[0]])}; temperatures must be finite and ≥ 0 K")
+        return t
+
+    return checked
+
+
+def _as_observer(observers) -> Observer | None:
+    """One observer from None, a callable or a sequence of callables."""
+    if observers is None:
+        return None
+    fns = [observers] if callable(observers) else list(observers)
+    for fn in fns:
+        if not callable(fn):
+            raise TypeError(f"simulate: observers must be callables (state, output) -> dict, "
+                            f"got {fn!r}")
+
+    def observe(state, output):
+        merged: dict = {}
+        for fn in fns:
+            for k, v in dict(fn(state, output)).items():
+                if k in merged or k in _BUILTIN:
+                    raise ValueError(f"simulate: observer output {k!r} is produced twice or "
+                                     f"clashes with a built-in log column {_BUILTIN}")
+                merged[k] = jnp.asarray(v)
+        return merged
+
+    return observe
+
+
+# ------------------------------------------------------------------------------ the fused block
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """What the traced block needs besides ``(params, state, kT table)``."""
+
+    potential: Potential
+    ensemble: str
+    dt: float
+    friction: float
+    tau: float
+    periodic: bool
+    want_frames: bool
+    observe: Observer | None
+    with_atomic: bool
+
+
+def _observe(cfg: _Config, force, s) -> dict:
+    """Observations at a log point (traced): energies, virial pressure, frames, observers."""
+    sysm = s.system
+    obs = {"pe": s.energy, "ke": kinetic_energy(s.momenta, sysm.masses, sysm.atom_mask),
+           "virial_p": -jnp.trace(s.stress) / 3.0}
+    if cfg.want_frames:
+        obs.update(positions=sysm.positions, momenta=s.momenta, cell=sysm.cell)
+    if cfg.observe is not None:
+        atomic = force.atomic(sysm, s.neighbors) if cfg.with_atomic else {}
+        out = ForceOutput(energy=s.energy, forces=s.forces, stress=s.stress,
+                          neighbors=s.neighbors, atomic=atomic)
+        obs["user"] = cfg.observe(s, out)
+    return obs
+
+
+def _block_fn(cfg: _Config):
+    """``(params, state, kT [n_intervals, length]) -> (state, observations)``, traced."""
+
+    def block(params, state, kT_table):
+        force = provider(cfg.potential, params)
+        integ = _integrator(cfg.ensemble, force, cfg.dt, None, cfg.friction, cfg.tau)
+
+        def one(s, kT):
+            return integ.step(s.replace(kT=kT)), None
+
+        def interval(s, kT_row):
+            if kT_row.shape[0] > 1:
+                s = jax.lax.scan(one, s, kT_row[:-1])[0]
+            s = integ.step(s.replace(kT=kT_row[-1]), stress=cfg.periodic)
+            return s, _observe(cfg, force, s)
+
+        return jax.lax.scan(interval, state, kT_table)
+
+    return block
+
+
+class _Blocks:
+    """Compiled blocks, one per (neighbour-list spec, block shape); times the compilations."""
+
+    def __init__(self, cfg: _Config, params):
+        self.jitted = jax.jit(_block_fn(cfg))
+        self.params = params
+        self.compiled: dict = {}
+        self.compile_s = 0.0
+
+    def __call__(self, state, table):
+        key = (state.neighbors.spec, table.shape)
+        if key not in self.compiled:
+            t0 = time.perf_counter()
+            self.compiled[key] = self.jitted.lower(self.params, state, table).compile()
+            self.compile_s += time.perf_counter() - t0
+        return self.compiled[key](self.params, state, table)
+
+
+# ------------------------------------------------------------------------------ the log
+
+
+class _Log:
+    """Log rows and trajectory frames, gathered block by block on the host."""
+
+    def __init__(self, *, dt_fs, dof, volume, trajectory_every, system):
+        self.dt_fs, self.dof, self.volume = dt_fs, dof, volume
+        self.every = trajectory_every
+        self.mask = np.asarray(system.atom_mask, bool)
+        self.cols: dict[str, list] = {}
+        self.frames: dict[str, list] = {k: [] for k in
+                                        ("step", "positions", "momenta", "cell", "pe")}
+
+    def add(self, steps: np.ndarray, obs: dict, t_target: np.ndarray) -> dict:
+        """Append one block (``obs`` on the host); returns its rows under public names."""
+        ke = np.asarray(obs["ke"], np.float64)
+        pe = np.asarray(obs["pe"], np.float64)
+        rows = {"step": steps, "time_fs": steps * self.dt_fs, "potential_energy_ev": pe,
+                "kinetic_energy_ev": ke, "total_energy_ev": pe + ke,
+                "temperature_k": 2.0 * ke / (self.dof * units.kB),
+                "target_temperature_k": np.asarray(t_target, np.float64)}
+        if self.volume:
+            rows["pressure_gpa"] = (np.asarray(obs["virial_p"], np.float64)
+                                    + 2.0 * ke / (3.0 * self.volume)) / units.GPa
+        rows.update({k: np.asarray(v) for k, v in obs.get("user", {}).items()})
+        for k, v in rows.items():
+            self.cols.setdefault(k, []).append(v)
+        if self.every is not None:
+            for j in np.flatnonzero(steps % self.every == 0):
+                for k, src in (("step", steps), ("positions", obs["positions"]),
+                               ("momenta", obs["momenta"]), ("cell", obs["cell"]),
+                               ("pe", pe)):
+                    self.frames[k].append(np.asarray(src[j]))
+        return rows
+
+    def log(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in self.cols.items()}
+
+    def trajectory(self, system) -> Trajectory:
+        traj = Trajectory.empty(system)
+        if not self.frames["step"]:
+            return traj
+        f = {k: np.stack(v) for k, v in self.frames.items()}
+        step = f["step"].astype(np.int64)
+        return dataclasses.replace(
+            traj, step=step, time_fs=step * self.dt_fs,
+            positions=f["positions"][:, self.mask].astype(np.float64),
+            momenta=f["momenta"][:, self.mask].astype(np.float64),
+            cells=f["cell"].astype(np.float64), potential_energy_ev=f["pe"].astype(np.float64))
+
+
+# ------------------------------------------------------------------------------ the block loop
+
+
+@dataclasses.dataclass
+class _Loop:
+    """Host side of the run: blocks, neighbour lists, log, stability and stop checks."""
+
+    blocks: _Blocks
+    keeper: NeighborKeeper
+    schedule: Callable[[np.ndarray], np.ndarray]
+    log: _Log
+    monitor: StabilityMonitor
+    stop: StopPredicate | None
+    dtype: Any
+    bar: Any = None
+
+    def table(self, step_done: int, n_int: int, length: int) -> tuple[np.ndarray, jax.Array]:
+        """Bath temperatures (K) of steps ``step_done+1 …`` and the kT table for the block."""
+        kelvin = self.schedule(step_done + 1 + np.arange(n_int * length)).reshape(n_int, length)
+        return kelvin, jnp.asarray(kelvin * units.kB, self.dtype)
+
+    def run(self, state, plan: list[tuple[int, int]]) -> tuple[Any, int, bool]:
+        """Run ``plan`` from ``state``; returns ``(final state, steps done, stopped)``."""
+        i, step_done, pending = 0, 0, None
+        while i < len(plan):
+            n_int, length = plan[i]
+            kelvin, table = self.table(step_done, n_int, length)
+            first = pending[1] if pending is not None and pending[0] == i else None
+            first = self.blocks(state, table) if first is None else first
+            pending = None
+            if i + 1 < len(plan):  # dispatch the next block before looking at this one
+                n2, l2 = plan[i + 1]
+                pending = (i + 1, self.blocks(first[0], self.table(step_done + n_int * length,
+                                                                   n2, l2)[1]))
+            where = f"in steps {step_done}-{step_done + n_int * length}"
+            try:
+                _, out = run_checked(lambda s, t=table: self.blocks(s, t), state, self.keeper,
+                                     first=first, where=where)
+            except NeighborListError as err:
+                if not err.outside or n_int == 1:
+                    raise
+                plan[i:i + 1] = [(n_int // 2, length), (n_int - n_int // 2, length)]
+                pending = None  # atoms outrun the list: same steps in two shorter blocks
+                continue
+            if out is not first:
+                pending = None
+            state, obs = out
+            steps_here = step_done + np.arange(1, n_int + 1) * length
+            rows = self.log.add(steps_here, jax.device_get(obs), kelvin[:, -1])
+            self.monitor.check(steps_here, rows["potential_energy_ev"],
+                               rows["kinetic_energy_ev"])
+            step_done += n_int * length
+            if self.bar is not None:
+                self.bar.update(n_int * length)
+            if self.stop is not None and bool(self.stop(state, rows)):
+                return state, step_done, True
+            i += 1
+        return state, step_done, False
+
+
+def _initial(cfg: _Config, params, system, keeper, *, seed, kT0, momenta):
+    """Neighbour list, initial state and the step-0 observations (host + one small jit)."""
+    nbrs = keeper.allocate(system)
+    force = provider(cfg.potential, params)
+    integ = _integrator(cfg.ensemble, force, cfg.dt, kT0, cfg.friction, cfg.tau)
+    state = integ.init(jax.random.key(seed), system, nbrs, kT=kT0, momenta=momenta)
+    obs = jax.jit(lambda p, s: _observe(cfg, provider(cfg.potential, p), s))(params, state)
+    return state, jax.device_get(obs)
+
+
+def _rate(n_real: int, steps: int, dt_fs: float, wall_s: float) -> tuple[float, float]:
+    wall_s = max(wall_s, 1e-12)
+    return n_real * steps / wall_s, steps * dt_fs * 1e-6 / wall_s * 86400.0
+
+
 def simulate(
     potential: Potential,
     params,
@@ -108,7 +412,7 @@ def simulate(
     *,
     ensemble: str = "nve",
     dt_fs: float,
-    temperature_kelvin: float,
+    temperature_kelvin: float | tuple[float, float] | Callable[[Any], Any],
     steps: int,
     log_every: int = 10,
     seed: int = 0,
@@ -120,6 +424,11 @@ def simulate(
     momenta=None,
     capacity_multiplier: float = 1.25,
     neighbor_method: str = "auto",
+    observers: Observer | Sequence[Observer] | None = None,
+    stop: StopPredicate | None = None,
+    atomic: bool | None = None,
+    block_steps: int | None = None,
+    max_energy_error_per_atom: float | None = None,
 ) -> MDResult:
     """Run molecular dynamics with jitted, fused steps.
 
@@ -131,36 +440,53 @@ def simulate(
       ensemble: ``"nve"`` (velocity Verlet), ``"langevin"`` (BAOAB) or ``"nose-hoover"``
         (Nosé–Hoover chain of length 3).
       dt_fs: time step, fs.
-      temperature_kelvin: bath temperature, K; also the temperature of the initial
-        Maxwell–Boltzmann momenta (zero total momentum).
-      steps: number of time steps.
+      temperature_kelvin: bath temperature, K: a number, a ``(start, end)`` pair for a linear
+        ramp over the run, or a callable ``step -> K`` (called on the host with an integer
+        array of steps, or one integer at a time). Step k uses the value at k; the initial
+        Maxwell–Boltzmann momenta (zero total momentum) use the value at step 0.
+      steps: number of time steps (0 only evaluates the starting structure).
       log_every: steps between log points (one jitted interval; the stress is computed only on
         its last step).
       seed: seed of the initial momenta and the Langevin noise.
       friction_per_fs: Langevin friction γ, 1/fs.
       tau_fs: Nosé–Hoover period, fs.
       skin: Verlet skin, Å.
-      trajectory_every: keep an ``ase.Atoms`` frame every this many steps (a multiple of
-        ``log_every``); None for none.
+      trajectory_every: keep a frame every this many steps (a multiple of ``log_every``);
+        None for none.
       progress: show a tqdm bar (only when stdout is a terminal).
       momenta: optional initial momenta ``[n, 3]`` amu·Å/t (e.g. ``result.final_state.momenta``)
         instead of Maxwell–Boltzmann ones.
       capacity_multiplier: head-room of the first neighbour-list allocation.
       neighbor_method: ``"auto"``, ``"brute"`` or ``"cell"`` (see ``neighbors.allocate``).
+      observers: callables ``(state, output) -> {name: array}`` traced inside the fused loop at
+        every log point; ``output`` is a :class:`~jaxpot.md.ForceOutput` of the state's
+        energy, forces, stress, list and (see ``atomic``) the model's per-atom outputs. Their
+        values appear in ``log[name]`` with a leading ``[n_log]`` axis (step 0 included).
+      stop: ``(state, observed) -> bool``, called on the host after each block with the final
+        state and the block's log rows (dict of ``[k]`` arrays: the log columns and observer
+        outputs); True ends the run there (``MDResult.stopped``, ``stop_step``).
+      atomic: fill ``output.atomic`` for the observers (one forward pass per log point);
+        default: when there are observers and the model has per-atom outputs.
+      block_steps: about how many steps run between host checks (default 200); the stop
+        predicate is checked this often.
+      max_energy_error_per_atom: NVE blow-up threshold on ``|E_tot(t) − E_tot(0)| / N``, eV;
+        default ``max(0.01, 0.75 kT)`` (see :mod:`jaxpot.md.checks`); ``inf`` disables it.
 
     Returns:
       An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
       the total momentum is zero and stays zero in every ensemble here).
 
     Notes:
-      Steps run in jitted blocks of whole log intervals (about 200 steps per block); each
-      distinct block shape compiles once (usually one shape, plus one for a final partial
-      block and one per neighbour-list reallocation). ``compile_s`` includes the neighbour-list
-      allocation and the first force evaluation.
+      Steps run in jitted blocks of whole log intervals; each distinct block shape compiles
+      once (usually one shape, plus one for a final partial block and one per neighbour-list
+      reallocation); the temperature schedule is an argument, so ramps do not recompile.
+      ``compile_s`` includes the neighbour-list allocation and the first force evaluation.
 
     Raises:
-      ValueError: unknown ensemble, non-positive ``steps``/``log_every``, a ``trajectory_every``
-        that is not a multiple of ``log_every``, or a neighbour list that keeps overflowing.
+      ValueError: a bad option, atom, element or parameter, named (before anything compiles).
+      jaxpot.md.SimulationUnstable: the run blew up (energies exploding or non-finite); the
+        message gives the likely cause.
+      jaxpot.md.NeighborListError: the neighbour list keeps overflowing after reallocation.
 
     Example:
       >>> from jaxpot import md, potentials, System  # doctest: +SKIP
@@ -169,182 +495,59 @@ def simulate(
       >>> res.log["temperature_k"].mean()  # doctest: +SKIP
     """
     if ensemble not in ENSEMBLES:
-        raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
-    steps, log_every = int(steps), int(log_every)
-    if steps < 1 or log_every < 1:
-        raise ValueError(f"steps and log_every must be positive (got {steps}, {log_every})")
-    if trajectory_every is not None and (
-        int(trajectory_every) < 1 or int(trajectory_every) % log_every
-    ):
-        raise ValueError(
-            f"trajectory_every ({trajectory_every}) must be a positive multiple of "
-            f"log_every ({log_every})"
-        )
-    if np.ndim(system.positions) != 2:
-        raise ValueError("simulate runs one unbatched system")
+        raise ValueError(f"simulate: unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
+    dt_fs, steps, log_every, trajectory_every = check_inputs(
+        potential, params, system, ensemble=ensemble, dt_fs=dt_fs, steps=steps,
+        log_every=log_every, trajectory_every=trajectory_every,
+        friction_per_fs=friction_per_fs, tau_fs=tau_fs, momenta=momenta)
+    schedule = _schedule(temperature_kelvin, steps)
+    kelvin_all_max = float(np.max(schedule(np.arange(0, steps + 1, max(1, steps // 1000)))))
+    observe = _as_observer(observers)
+    cfg = _Config(potential=potential, ensemble=ensemble, dt=dt_fs * units.fs,
+                  friction=float(friction_per_fs) / units.fs, tau=float(tau_fs) * units.fs,
+                  periodic=bool(np.all(np.asarray(system.pbc))),
+                  want_frames=trajectory_every is not None, observe=observe,
+                  with_atomic=(observe is not None and potential.atomic is not None
+                               if atomic is None else bool(atomic)))
+    mask = np.asarray(system.atom_mask, bool)
+    volume = (float(abs(np.linalg.det(np.asarray(system.cell, np.float64))))
+              if cfg.periodic else 0.0)
 
-    dt = float(dt_fs) * units.fs
-    kT = float(temperature_kelvin) * units.kB
-    friction = float(friction_per_fs) / units.fs
-    tau = float(tau_fs) * units.fs
-    mask_np = np.asarray(system.atom_mask, bool)
-    n_real = int(mask_np.sum())
-    dof = degrees_of_freedom(mask_np)
-    periodic = bool(np.all(np.asarray(system.pbc)))
-    volume = float(abs(np.linalg.det(np.asarray(system.cell, np.float64)))) if periodic else 0.0
-    want_frames = trajectory_every is not None
-
-    def make(p):
-        return _integrator(ensemble, potential, p, dt, kT, friction, tau)
-
-    # ---------------------------------------------------------------- set-up (counted as compile)
     t0 = time.perf_counter()
-    mult = float(capacity_multiplier)
-    nbrs = nb.allocate(system, potential.cutoff, skin=skin, capacity_multiplier=mult,
-                       method=neighbor_method)
-    key = jax.random.key(seed)
-    state = make(params).init(key, system, nbrs, kT=kT, momenta=momenta)
-    if bool(state.neighbors.overflow):  # cannot happen right after allocate, but be safe
-        raise ValueError("neighbour list overflowed at allocation")
-    jax.block_until_ready(state)
+    keeper = NeighborKeeper(potential.cutoff, skin, capacity_multiplier, neighbor_method)
+    kT0 = float(schedule(np.zeros(1))[0]) * units.kB
+    state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta)
+    log = _Log(dt_fs=dt_fs, dof=degrees_of_freedom(mask), volume=volume,
+               trajectory_every=trajectory_every, system=system)
+    rows0 = log.add(np.zeros(1, np.int64), jax.tree.map(lambda a: np.asarray(a)[None], obs0),
+                    schedule(np.zeros(1)))
+    t_init = float(rows0["temperature_k"][0])
+    monitor = StabilityMonitor(
+        ensemble, int(mask.sum()), dt_fs, float(rows0["total_energy_ev"][0]),
+        max(kelvin_all_max, t_init) * units.kB,
+        float(np.asarray(system.masses, np.float64)[mask].min(initial=np.inf)),
+        max_energy_error_per_atom)
+    monitor.check(rows0["step"], rows0["potential_energy_ev"], rows0["kinetic_energy_ev"])
+    blocks = _Blocks(cfg, params)
+    loop = _Loop(blocks, keeper, schedule, log, monitor, stop, system.positions.dtype)
     compile_s = time.perf_counter() - t0
-
-    def block_fn(params, state, n_intervals, length):
-        integ = make(params)
-
-        def interval(s, _):
-            if length > 1:
-                s = jax.lax.scan(lambda c, _: (integ.step(c), None), s, None,
-                                 length=length - 1)[0]
-            s = integ.step(s, stress=periodic)
-            sysm = s.system
-            obs = {
-                "pe": s.energy,
-                "ke": kinetic_energy(s.momenta, sysm.masses, sysm.atom_mask),
-                "virial_p": -jnp.trace(s.stress) / 3.0,
-            }
-            if want_frames:
-                obs["positions"] = sysm.positions
-                obs["momenta"] = s.momenta
-            return s, obs
-
-        return jax.lax.scan(interval, state, None, length=n_intervals)
-
-    jitted = jax.jit(block_fn, static_argnums=(2, 3))
-    compiled: dict = {}
-
-    def get_compiled(st, n_int, length):
-        nonlocal compile_s
-        k = (st.neighbors.spec, n_int, length)
-        if k not in compiled:
-            tc = time.perf_counter()
-            compiled[k] = jitted.lower(params, st, n_int, length).compile()
-            compile_s += time.perf_counter() - tc
-        return compiled[k]
-
-    # ---------------------------------------------------------------- log rows
-    rows = {"step": [0], "pe": [float(state.energy)],
-            "ke": [float(kinetic_energy(state.momenta, state.system.masses,
-                                        state.system.atom_mask))],
-            "virial_p": [float(-jnp.trace(state.stress) / 3.0)]}
-    frames: list = []
-
-    def add_frame(step, positions, momenta_, pe):
-        atoms = state.system.replace(positions=jnp.asarray(positions)).to_ase()
-        atoms.set_momenta(np.asarray(momenta_, np.float64)[mask_np])
-        atoms.info.update(step=int(step), time_fs=float(step * dt_fs),
-                          potential_energy_ev=float(pe))
-        frames.append(atoms)
-
-    if want_frames:
-        add_frame(0, state.system.positions, state.momenta, rows["pe"][0])
-
-    blocks = _plan(steps, log_every)
-    bar = None
     if progress and sys.stdout.isatty():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, unit="step")
-
-    n_realloc = 0
-    step_done = 0
-    compile_before = compile_s
+        loop.bar = tqdm(total=steps, unit="step")
     t_start = time.perf_counter()
-    pending = None  # (block index, start state, output) dispatched speculatively
-    i = 0
-    while i < len(blocks):
-        n_int, length = blocks[i]
-        if pending is not None and pending[0] == i:
-            _, start, out = pending
-        else:
-            start = state
-            out = get_compiled(start, n_int, length)(params, start)
-        pending = None
-        new_state, obs = out
-        if i + 1 < len(blocks):  # dispatch the next block before looking at this one
-            n2, l2 = blocks[i + 1]
-            pending = (i + 1, new_state, get_compiled(new_state, n2, l2)(params, new_state))
-        attempts = 0
-        while bool(new_state.neighbors.overflow):
-            pending = None
-            attempts += 1
-            n_realloc += 1
-            if attempts > _MAX_REALLOCATIONS_PER_BLOCK:
-                raise ValueError(
-                    f"neighbour list keeps overflowing near step {step_done} "
-                    f"(max_neighbors={new_state.neighbors.spec.max_neighbors}); atoms may be "
-                    "collapsing or leaving a non-periodic box"
-                )
-            old = new_state.neighbors
-            mult *= 1.5
-            min_cap = max(int(math.ceil(old.spec.max_neighbors * 1.5)),
-                          int(math.ceil(int(old.max_count) * 1.25)) + 1)
-            fresh = nb.allocate(start.system, potential.cutoff, skin=skin,
-                                capacity_multiplier=mult, method=old.spec.method,
-                                min_capacity=min_cap)
-            start = start.replace(neighbors=fresh)
-            new_state, obs = get_compiled(start, n_int, length)(params, start)
-        obs = jax.device_get(obs)
-        steps_here = np.arange(1, n_int + 1) * length + step_done
-        rows["step"] += steps_here.tolist()
-        for name in ("pe", "ke", "virial_p"):
-            rows[name] += np.asarray(obs[name]).tolist()
-        if want_frames:
-            for j, s in enumerate(steps_here):
-                if s % trajectory_every == 0:
-                    add_frame(s, obs["positions"][j], obs["momenta"][j], obs["pe"][j])
-        state = new_state
-        step_done += n_int * length
-        if bar is not None:
-            bar.update(n_int * length)
-        i += 1
-    jax.block_until_ready(state)
-    wall_s = time.perf_counter() - t_start - (compile_s - compile_before)
-    if bar is not None:
-        bar.close()
-
-    step_arr = np.asarray(rows["step"], np.int64)
-    pe = np.asarray(rows["pe"], np.float64)
-    ke = np.asarray(rows["ke"], np.float64)
-    log = {
-        "step": step_arr,
-        "time_fs": step_arr * float(dt_fs),
-        "potential_energy_ev": pe,
-        "kinetic_energy_ev": ke,
-        "total_energy_ev": pe + ke,
-        "temperature_k": 2.0 * ke / (dof * units.kB),
-    }
-    if periodic:
-        log["pressure_gpa"] = (np.asarray(rows["virial_p"]) + 2.0 * ke / (3.0 * volume)) / units.GPa
-    wall_s = max(wall_s, 1e-12)
-    return MDResult(
-        log=log,
-        frames=frames,
-        final_system=state.neighbors.attach(state.system),
-        compile_s=compile_s,
-        wall_s=wall_s,
-        atom_steps_per_s=n_real * steps / wall_s,
-        ns_per_day=steps * float(dt_fs) * 1e-6 / wall_s * 86400.0,
-        n_reallocations=n_realloc,
-        final_state=state,
-    )
+    try:
+        state, done, stopped = loop.run(state, _plan(steps, log_every,
+                                                     block_steps or _BLOCK_STEPS))
+        jax.block_until_ready(state)
+    finally:
+        if loop.bar is not None:
+            loop.bar.close()
+    wall_s = time.perf_counter() - t_start - blocks.compile_s
+    rate, ns_day = _rate(int(mask.sum()), done, dt_fs, wall_s)
+    return MDResult(log=log.log(), trajectory=log.trajectory(system),
+                    final_system=state.neighbors.attach(state.system),
+                    compile_s=compile_s + blocks.compile_s, wall_s=max(wall_s, 1e-12),
+                    atom_steps_per_s=rate, ns_per_day=ns_day,
+                    n_reallocations=keeper.n_reallocations, final_state=state,
+                    stopped=stopped, steps_done=done)
