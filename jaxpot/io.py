@@ -447,9 +447,12 @@ def _sanity(images, labels: Labels, *, check_units: bool) -> None:
     ratio = result["ratio"]
     if 1 / UNIT_RATIO_LIMIT <= ratio <= UNIT_RATIO_LIMIT:
         return
-    known = {"kcal/mol (23.06)": 23.06, "kJ/mol (96.49)": 96.49, "meV (1000)": 1000.0,
-             "Hartree (1/27.21)": 1 / 27.211, "forces in Ha/Bohr (51.42)": 51.422}
-    guess = min(known, key=lambda k: abs(np.log(ratio / known[k])))
+    known = {"energies in kcal/mol (23.06)": 23.06, "energies in kJ/mol (96.49)": 96.49,
+             "energies in meV (1000)": 1000.0, "energies in Hartree (1/27.21)": 1 / 27.211,
+             "forces in kcal/mol/Å (1/23.06)": 1 / 23.06,
+             "forces in Ha/Bohr (51.42)": 51.422}
+    near = [k for k in known if abs(np.log(ratio / known[k])) < np.log(1.5)]
+    guess = " or ".join(near) or min(known, key=lambda k: abs(np.log(ratio / known[k])))
     raise ValueError(
         f"{labels.source}: energies and forces disagree in units: along {result['n_pairs']} "
         f"pairs of similar frames (e.g. frames {result['example'][0]} and "
@@ -467,8 +470,9 @@ def energy_outliers(numbers: Sequence[np.ndarray], energies: np.ndarray
     residual energy per atom of a frame is an outlier when it is further from the median than
     ``max(OUTLIER_FLOOR, OUTLIER_MADS · 1.4826 · MAD)`` (20 eV/atom, or 100 robust standard
     deviations). The floor keeps legitimate mixtures (isolated atoms with solids: cohesive
-    energies are below 10 eV/atom) clear of it; a 1e10 eV frame or a frame in kcal/mol among
-    eV frames is caught.
+    energies are below 10 eV/atom) clear of it; a 1e10 eV frame, or a frame of DFT total
+    energies (tens of eV/atom or more) in kcal/mol among eV frames, is caught. A frame whose
+    energy per atom is small in any unit cannot be told apart this way.
 
     Args:
       numbers: per frame ``[n_atoms_i]`` atomic numbers.
@@ -508,6 +512,15 @@ def _kabsch(anchor: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.einsum("mji,mj,mkj->mik", vt, diag, u)
 
 
+def _pair_sample(n: int, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Atom pairs ``(i, j)``, ``i < j``: all of them, or ``limit`` fixed random ones."""
+    i, j = np.triu_indices(n, 1)
+    if i.size > limit:
+        keep = np.random.default_rng(0).choice(i.size, limit, replace=False)
+        i, j = i[keep], j[keep]
+    return i, j
+
+
 def _nearest(anchor: int, group: list[int], images, forces):
     """The frame of ``group`` nearest to ``anchor``: ``(frame, displacements, its forces)``."""
     a = images[anchor]
@@ -522,9 +535,13 @@ def _nearest(anchor: int, group: list[int], images, forces):
         k = int(np.argmin(np.sum(d**2, axis=(1, 2))))
         return group[k], d[k], f[k]
     # Free structures: rotations and translations leave E unchanged (forces rotate along).
+    # Candidates by interatomic distances (rotation invariant), then the optimal rotation.
     xa = a.positions - a.positions.mean(0)
     xc = x - x.mean(1, keepdims=True)
-    near = np.argsort(np.sum((xc - xa) ** 2, axis=(1, 2)))[:8]
+    i, j = _pair_sample(len(a))
+    da = np.linalg.norm(xa[i] - xa[j], axis=-1)
+    dc = np.linalg.norm(xc[:, i] - xc[:, j], axis=-1)
+    near = np.argsort(np.sum((dc - da) ** 2, axis=1))[:8]
     rot = _kabsch(xa, xc[near])
     xr = np.einsum("mni,mji->mnj", xc[near], rot)
     k = int(np.argmin(np.sum((xr - xa) ** 2, axis=(1, 2))))
@@ -532,7 +549,7 @@ def _nearest(anchor: int, group: list[int], images, forces):
 
 
 def energy_force_consistency(images: Sequence[ase.Atoms], energies: np.ndarray,
-                             forces: Sequence, *, n_pairs: int = 32, seed: int = 0
+                             forces: Sequence, *, n_pairs: int = 64, seed: int = 0
                              ) -> dict | None:
     """Compare energy differences between similar frames with the work of the forces.
 
@@ -540,9 +557,11 @@ def energy_force_consistency(images: Sequence[ase.Atoms], energies: np.ndarray,
     straight path gives ``E_b − E_a ≈ −½ (F_a + F_b)·(x_b − x_a)``, exact for a quadratic
     energy. Each of up to ``n_pairs`` random anchor frames is paired with its nearest frame
     (shortest lattice-equivalent displacement for periodic cells, after optimal rotation for
-    free molecules); the least-squares slope of ``ΔE`` against the work is the ratio of the
-    energy unit to the force unit times Å: 1 for eV with eV/Å (0.8–1.0 on jaxpot's reference
-    data sets), 23 for kcal/mol with eV/Å.
+    free molecules). On the closest half of the pairs (the trapezoid error grows as the
+    distance cubed), the slope of ``ΔE`` against the work (the geometric mean of both
+    regressions through the origin, as both carry errors) is the ratio of the energy unit to
+    the force unit times Å: 1 for eV with eV/Å (0.76–1.03, correlation ≥ 0.92 on the train and
+    valid files of cu_emt, ethanol_xtb and nacl_bmh over six seeds), 23 for kcal/mol with eV/Å.
 
     Args:
       images: frames (positions, numbers, cell, pbc).
@@ -552,9 +571,27 @@ def energy_force_consistency(images: Sequence[ase.Atoms], energies: np.ndarray,
       seed: choice of anchors.
 
     Returns:
-      ``{"ratio", "correlation", "n_pairs", "example"}`` (``example`` is one pair of frame
-      indices), or None when fewer than 8 pairs of comparable frames exist.
+      ``{"ratio", "correlation", "n_pairs", "example"}`` (``example`` is the closest pair of
+      frame indices), or None when fewer than 16 frames have a comparable partner.
     """
+    found = _pair_work(images, energies, forces, n_pairs=n_pairs, seed=seed)
+    if found is None:
+        return None
+    d_e, work, dist, pairs = found
+    # The pairs closest together (trapezoid error ~ distance³), then the symmetric slope
+    # (geometric mean of the two regressions; both ΔE and the work carry errors).
+    keep = np.argsort(dist)[: max(8, len(dist) // 2)]
+    d_e, work = d_e[keep], work[keep]
+    if np.std(d_e) == 0 or np.std(work) == 0:
+        return None
+    sign = np.sign(d_e @ work) or 1.0
+    return {"ratio": float(sign * np.sqrt((d_e @ d_e) / (work @ work))),
+            "correlation": float(np.corrcoef(d_e, work)[0, 1]),
+            "n_pairs": len(keep), "example": pairs[int(keep[0])]}
+
+
+def _pair_work(images, energies, forces, *, n_pairs: int, seed: int):
+    """``(ΔE, work, rms distance, pairs)`` of anchors and their nearest frames, or None."""
     groups: dict = {}
     for i, atoms in enumerate(images):
         if forces[i] is None or not np.isfinite(energies[i]):
@@ -566,24 +603,19 @@ def energy_force_consistency(images: Sequence[ase.Atoms], energies: np.ndarray,
                np.round(np.asarray(atoms.cell), 6).tobytes() if periodic else b"")
         groups.setdefault(key, []).append(i)
     pool = [i for g in groups.values() if len(g) > 1 for i in g]
-    if len(pool) < 8:
+    if len(pool) < 16:
         return None
     group_of = {i: g for g in groups.values() for i in g}
     anchors = np.random.default_rng(seed).choice(pool, size=min(n_pairs, len(pool)),
                                                  replace=False)
-    d_e, work, pairs = [], [], []
+    d_e, work, dist, pairs = [], [], [], []
     for a in anchors.tolist():
-        others = [j for j in group_of[a] if j != a]
-        b, d, f_b = _nearest(a, others, images, forces)
+        b, d, f_b = _nearest(a, [j for j in group_of[a] if j != a], images, forces)
         d_e.append(energies[b] - energies[a])
         work.append(-0.5 * float(np.sum((forces[a] + f_b) * d)))
+        dist.append(float(np.sqrt(np.mean(np.sum(d**2, axis=1)))))
         pairs.append((a, b))
-    d_e, work = np.asarray(d_e), np.asarray(work)
-    if not np.any(work) or np.std(d_e) == 0 or np.std(work) == 0:
-        return None
-    return {"ratio": float(d_e @ work / (work @ work)),
-            "correlation": float(np.corrcoef(d_e, work)[0, 1]),
-            "n_pairs": len(pairs), "example": pairs[int(np.argmax(np.abs(work)))]}
+    return np.asarray(d_e), np.asarray(work), np.asarray(dist), pairs
 
 
 def check_overlap(first, second, *, decimals: int = 6) -> list[tuple[int, int]]:

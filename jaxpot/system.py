@@ -52,7 +52,7 @@ def _check_numbers(numbers: np.ndarray, where: str) -> None:
         bad = np.nonzero(~np.isfinite(values) | (values != np.round(values)))[0]
         if bad.size:
             raise ValueError(
-                f"{where}: atomic number {values[bad[0]]!r} of atom {int(bad[0])} is not an "
+                f"{where}: atomic number {values[bad[0]]:g} of atom {int(bad[0])} is not an "
                 f"integer; {bad.size} atom(s) affected"
             )
     unknown = np.nonzero((numbers < 1) | (numbers > 118))[0]
@@ -74,7 +74,7 @@ def _check_masses(masses, numbers: np.ndarray, n: int, where: str) -> None:
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"{where}: mass of atom {i} (atomic number {int(numbers[i])}) is {masses[i]!r} amu; "
+            f"{where}: mass of atom {i} (atomic number {int(numbers[i])}) is {masses[i]:g} amu; "
             f"masses must be finite and positive ({bad.size} atom(s) affected)"
         )
 
