@@ -84,15 +84,33 @@ def _complete_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return basis
 
 
+_MAX_IMAGE_SHIFTS = 100_000  # image shifts a list may try; more means a nearly flat cell
+
+
 def _shift_range(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> np.ndarray:
-    """Largest |S_d| needed for wrapped positions, per dimension (0 where not periodic)."""
+    """Largest |S_d| needed for wrapped positions, per dimension (0 where not periodic).
+
+    Raises:
+      ValueError: the cell is so thin along a periodic direction, compared with ``cutoff``,
+        that more than ``_MAX_IMAGE_SHIFTS`` image shifts would be needed (a nearly flat cell
+        passes the singularity check but would exhaust memory).
+    """
     pbc = np.asarray(pbc, bool)
     if not pbc.any():
         return np.zeros(3, int)
     recip = np.linalg.inv(_complete_basis(cell, pbc))  # columns b_d with a_e . b_d = delta
-    inv_width = np.linalg.norm(recip, axis=0)  # 1 / perpendicular width of the cell
-    n = np.floor(cutoff * inv_width).astype(int) + 1
-    return np.where(pbc, n, 0)
+    width = 1.0 / np.linalg.norm(recip, axis=0)  # perpendicular width of the cell, Å
+    reach = np.where(pbc, cutoff / width, 0.0)
+    n_images = float(np.prod(2.0 * np.floor(reach) + 3.0, where=pbc))
+    if not np.all(np.isfinite(reach)) or n_images > _MAX_IMAGE_SHIFTS:
+        d = int(np.argmax(reach))
+        raise ValueError(
+            f"cell {np.round(cell, 6).tolist()} (pbc={pbc.tolist()}) is only {width[d]:.3g} Å "
+            f"thick along lattice vector {d} against a cutoff of {cutoff:.4g} Å: the neighbour "
+            f"list would need about {n_images:.3g} periodic images (limit {_MAX_IMAGE_SHIFTS}); "
+            "is this cell nearly flat by mistake? Make that direction non-periodic or fix the cell"
+        )
+    return np.where(pbc, np.floor(reach).astype(int) + 1, 0)
 
 
 def _shift_vectors(n: np.ndarray) -> np.ndarray:
@@ -115,6 +133,7 @@ def neighbor_list(
     cutoff: float,
     *,
     self_interaction: bool = False,
+    method: Literal["auto", "vesin", "exact"] = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs closer than ``cutoff``, exactly, on the host.
 
@@ -124,12 +143,20 @@ def neighbor_list(
       pbc: three booleans.
       cutoff: Å.
       self_interaction: include ``i == j`` with ``S == 0`` (never wanted for energies).
+      method: ``"vesin"`` (cell list of the ``vesin`` library, O(N)), ``"exact"`` (jaxpot's
+        own all-pairs loop over image shifts, O(N²), the reference), or ``"auto"`` (vesin when
+        it is installed). Both give the same pairs, including several images of a neighbour
+        (and of the atom itself) in cells smaller than twice the cutoff, and mixed ``pbc``.
 
     Returns:
       ``(receivers, senders, shifts)`` with shapes ``[n_edges]``, ``[n_edges]`` and
-      ``[n_edges, 3]`` (integer-valued floats), sorted by receiver then sender. The vector of
-      edge e is ``positions[senders[e]] - positions[receivers[e]] + shifts[e] @ cell`` and every
-      pair appears in both directions.
+      ``[n_edges, 3]`` (integer-valued floats), sorted by receiver, sender, then shift. The
+      vector of edge e is ``positions[senders[e]] - positions[receivers[e]] + shifts[e] @ cell``
+      and every pair appears in both directions.
+
+    Raises:
+      ValueError: non-finite positions, a singular periodic cell, or a cell so thin along a
+        periodic direction that the list would need more than 100 000 periodic images.
 
     Example:
       >>> import numpy as np
@@ -140,11 +167,60 @@ def neighbor_list(
     positions = np.asarray(positions, np.float64).reshape(-1, 3)
     pbc = np.broadcast_to(np.asarray(pbc, bool), (3,))
     cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
+    if method not in ("auto", "vesin", "exact"):
+        raise ValueError(f"neighbor_list: method must be 'auto', 'vesin' or 'exact', "
+                         f"got {method!r}")
+    if not np.all(np.isfinite(positions)):
+        atom = int(np.flatnonzero(~np.all(np.isfinite(positions), axis=1))[0])
+        raise ValueError(f"neighbor_list: position of atom {atom} is not finite "
+                         f"({positions[atom].tolist()})")
     _check_cell(cell, pbc)
+    _shift_range(cell, pbc, cutoff)  # refuses nearly flat cells before allocating anything
     n = positions.shape[0]
-    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3)))
     if n == 0:
-        return empty
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3))
+    if method == "auto":
+        method = "vesin" if _vesin() is not None else "exact"
+    if method == "vesin":
+        if _vesin() is None:
+            raise ValueError("neighbor_list: method='vesin' needs the vesin package "
+                             "(pip install vesin)")
+        receivers, senders, shifts = _vesin_list(positions, cell, pbc, cutoff)
+    else:
+        receivers, senders, shifts = _exact_list(positions, cell, pbc, cutoff)
+    if self_interaction:
+        own = np.arange(n, dtype=np.int32)
+        receivers = np.concatenate([receivers, own])
+        senders = np.concatenate([senders, own])
+        shifts = np.concatenate([shifts, np.zeros((n, 3))])
+    # One int64 key for (receiver, sender) keeps the sort cheap; shifts break the remaining ties
+    # so the order (and any float sum over edges) does not depend on the method or threads.
+    pair = receivers.astype(np.int64) * n + senders
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], pair))
+    return receivers[order], senders[order], shifts[order]
+
+
+@functools.cache
+def _vesin():
+    try:
+        import vesin
+    except ImportError:  # pragma: no cover - vesin is a dependency; kept for minimal installs
+        return None
+    return vesin
+
+
+def _vesin_list(positions, cell, pbc, cutoff):
+    """Full list from vesin (ASE's convention: D = x_j - x_i + S·cell, i the centre)."""
+    calculator = _vesin().NeighborList(cutoff=float(cutoff), full_list=True)
+    box = np.where(pbc[:, None], cell, 0.0)  # rows along free directions are never used
+    i, j, shifts = calculator.compute(positions, box, pbc.tolist(), quantities="ijS")
+    return (np.asarray(i, np.int32), np.asarray(j, np.int32),
+            np.asarray(shifts, np.float64).reshape(-1, 3))
+
+
+def _exact_list(positions, cell, pbc, cutoff):
+    """jaxpot's own O(N²) list over every image shift (the reference for the other paths)."""
+    n = positions.shape[0]
     wrapped, image = _wrap(positions, cell, pbc)
     shifts = _shift_vectors(_shift_range(cell, pbc, cutoff))
     offsets = shifts @ cell
@@ -159,7 +235,7 @@ def neighbor_list(
             d = wrapped[None, :, :] - xi[:, None, :] + offsets[s_idx]
             r2 = np.einsum("ijk,ijk->ij", d, d)
             mask = r2 < cutoff2
-            if zero_shift and not self_interaction:
+            if zero_shift:
                 rows = np.arange(xi.shape[0])
                 mask[rows, rows + start] = False
             ii, jj = np.nonzero(mask)
@@ -168,11 +244,8 @@ def neighbor_list(
             sh.append(np.broadcast_to(shifts[s_idx], (ii.size, 3)))
     receivers = np.concatenate(rec).astype(np.int32)
     senders = np.concatenate(snd).astype(np.int32)
-    shift_w = np.concatenate(sh)
     # Undo the wrapping: S = S_w + n_i - n_j.
-    shifts_out = shift_w + image[receivers] - image[senders]
-    order = np.lexsort((shifts_out[:, 2], shifts_out[:, 1], shifts_out[:, 0], senders, receivers))
-    return receivers[order], senders[order], shifts_out[order]
+    return receivers, senders, np.concatenate(sh) + image[receivers] - image[senders]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,19 +639,8 @@ def allocate(
     box = basis.copy()
     origin = np.zeros(3)
     if method == "cell":
-        grid = []
-        margin = max(2.0 * skin, 0.5 * rc)
-        for d in range(3):
-            if pbc[d]:
-                grid.append(int(periodic_bins[d]))
-            else:
-                u = basis[d] / np.linalg.norm(basis[d])
-                proj = real @ u if real.size else np.zeros(1)
-                lo, hi = proj.min() - margin, proj.max() + margin
-                length = hi - lo
-                box[d] = u * length
-                origin += u * lo
-                grid.append(max(1, int(np.floor(length / rc))))
+        box, origin, grid = _cell_box(real, basis, pbc, periodic_bins, rc, skin,
+                                      capacity_multiplier)
         frac = (real - origin) @ np.linalg.inv(box)
         frac = frac - np.where(pbc, np.floor(frac), 0.0)
         b3 = np.clip(np.floor(frac * grid).astype(int), 0, np.array(grid) - 1)
@@ -613,6 +675,37 @@ def allocate(
         spec=spec,
     )
     return _rebuild_jit(empty, system)
+
+
+def _cell_box(real, basis, pbc, periodic_bins, rc, skin, capacity_multiplier):
+    """Binning box, origin and grid of a cell list (host).
+
+    Periodic directions are binned over the lattice vector. Along a non-periodic direction the
+    box spans the atoms' current extent plus a margin on each side of at least the list range,
+    twice the skin, and ``capacity_multiplier - 1`` times the extent, so a cluster that grows
+    (an evaporating droplet, a hot gas) stays inside for a while, and each reallocation after
+    an overflow (with a larger multiplier, as :mod:`jaxpot.md.blocks` does) gets a larger box.
+    Bins are at least ``rc`` wide; the grid is coarsened so it never holds more than about
+    ``8 · n_atoms`` bins however far the atoms spread.
+    """
+    box = basis.copy()
+    origin = np.zeros(3)
+    grid = np.where(pbc, periodic_bins, 1).astype(int)
+    slack = max(float(capacity_multiplier) - 1.0, 0.0)
+    for d in np.flatnonzero(~pbc):
+        u = basis[d] / np.linalg.norm(basis[d])
+        proj = real @ u if real.size else np.zeros(1)
+        extent = proj.max() - proj.min()
+        margin = max(rc, 2.0 * skin, slack * extent)
+        box[d] = u * (extent + 2.0 * margin)
+        origin += u * (proj.min() - margin)
+        grid[d] = max(1, int(np.floor((extent + 2.0 * margin) / rc)))
+    max_bins = max(64, 8 * real.shape[0])
+    while np.prod(grid) > max_bins and np.any(grid[~pbc] > 1):
+        free = np.where(~pbc, grid, 0)
+        d = int(np.argmax(free))
+        grid[d] = max(1, int(np.ceil(grid[d] / 2)))
+    return box, origin, [int(g) for g in grid]
 
 
 _rebuild_jit = jax.jit(rebuild)
