@@ -582,3 +582,154 @@ def test_allocate_rejects_cell_list_on_small_cells():
     system = System.from_ase(fcc_primitive())
     with pytest.raises(ValueError, match="brute"):
         neighbors.allocate(system, 4.0, method="cell")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Host list backends (vesin and the exact loop), bad cells, growing open boxes
+# ---------------------------------------------------------------------------------------------
+
+
+def _random_structure(seed):
+    """Random triclinic cell, random pbc (all, none or mixed), unwrapped atoms; some cells are
+    smaller than the cutoff, so atoms see several images of a neighbour and of themselves."""
+    rng = _rng(100 + seed)
+    pbc = [(True,) * 3, (False,) * 3, tuple(rng.random(3) < 0.5)][seed % 3]
+    small = seed % 4 == 1
+    scale = (1.5, 3.0) if small else (4.0, 8.0)
+    cell = np.diag(rng.uniform(*scale, 3)) + np.triu(rng.uniform(-1.0, 1.0, (3, 3)), 1)
+    cell = cell @ _random_rotation(rng).T
+    n = int(rng.integers(1, 4)) if small else int(rng.integers(5, 40))
+    frac = rng.uniform(-1.0, 2.0, (n, 3))
+    return ase.Atoms(f"Ar{n}", positions=frac @ cell, cell=cell, pbc=pbc), rng.uniform(3.0, 6.0)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_host_backends_equal_ase_on_random_cells(seed):
+    atoms, cutoff = _random_structure(seed)
+    reference = ase_edges(atoms, cutoff)
+    args = (atoms.get_positions(), atoms.cell.array, atoms.pbc, cutoff)
+    fast = neighbors.neighbor_list(*args, method="vesin")
+    exact = neighbors.neighbor_list(*args, method="exact")
+    assert _as_set(*fast) == reference
+    assert _as_set(*exact) == reference
+    # Same arrays in the same order (receiver, sender, shift): no method-dependent sums.
+    for a, b in zip(fast, exact, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if seed % 4 == 1 and any(atoms.pbc):  # small periodic cells: an atom sees itself
+        assert any(i == j for i, j, _ in reference)
+
+
+def test_host_backends_match_on_a_large_cell():
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((4, 4, 4))
+    atoms.rattle(0.1, seed=1)
+    _unwrap_some(atoms, 2)
+    args = (atoms.get_positions(), atoms.cell.array, atoms.pbc, 8.5)
+    fast = neighbors.neighbor_list(*args)
+    assert _as_set(*fast) == ase_edges(atoms, 8.5)
+    assert fast[0].size > 50 * len(atoms)
+    with pytest.raises(ValueError, match="method"):
+        neighbors.neighbor_list(*args, method="cells")
+
+
+def test_self_interaction_with_vesin():
+    pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    for method in ("vesin", "exact"):
+        r, s, _ = neighbors.neighbor_list(pos, None, False, 1.5, self_interaction=True,
+                                          method=method)
+        assert list(zip(r.tolist(), s.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+@pytest.mark.parametrize("method", ["vesin", "exact"])
+def test_nearly_flat_cell_is_refused(method):
+    """A third vector 1e-6 Å high passes the singularity check but needs ~1e7 images."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    cell = atoms.cell.array.copy()
+    cell[2] = [1.0, 2.0, 1e-6]
+    with pytest.raises(ValueError, match=r"1e-06 Å thick along lattice vector 2.*cutoff of 5"):
+        neighbors.neighbor_list(atoms.get_positions(), cell, True, 5.0, method=method)
+    # The same error reaches users through System and the jitted allocation.
+    atoms.set_cell(cell)
+    with pytest.raises(ValueError, match="thick"):
+        System.from_ase(atoms, cutoff=5.0)
+    with pytest.raises(ValueError, match="thick"):
+        neighbors.allocate(System.from_ase(atoms), 5.0)
+
+
+def test_image_shift_cap_keeps_legitimate_small_cells():
+    atoms = fcc_primitive()  # 2.08 Å wide: a 12 Å cutoff needs 13³ images, fine
+    r, _, _ = neighbors.neighbor_list(atoms.get_positions(), atoms.cell.array, True, 12.0)
+    assert r.size == len(ase_neighbor_list("i", atoms, 12.0))
+    with pytest.raises(ValueError, match="periodic images"):
+        neighbors.neighbor_list(atoms.get_positions(), atoms.cell.array, True, 200.0)
+    # A flat cell is fine where the thin direction is not periodic.
+    r, _, _ = neighbors.neighbor_list(np.zeros((1, 3)), np.diag([3.0, 3.0, 1e-6]),
+                                      [True, True, False], 4.0)
+    assert r.size == len(ase_neighbor_list(
+        "i", ase.Atoms("Ar", cell=np.diag([3.0, 3.0, 1e-6]), pbc=[True, True, False]), 4.0))
+
+
+def test_non_finite_position_names_the_atom():
+    pos = np.zeros((4, 3))
+    pos[2, 1] = np.nan
+    with pytest.raises(ValueError, match="atom 2"):
+        neighbors.neighbor_list(pos, None, False, 3.0)
+
+
+def _droplet(n=700, seed=8):
+    """A dense argon droplet (non-periodic, cell-list territory above 512 atoms)."""
+    rng = _rng(seed)
+    pos = rng.normal(size=(4 * n, 3))
+    radii = rng.uniform(0, 1, (4 * n, 1)) ** (1 / 3)
+    pos = pos / np.linalg.norm(pos, axis=1, keepdims=True) * radii
+    keep = [0]
+    for k in range(1, len(pos)):  # no two atoms closer than 3.2 Å (poisson-disc thinning)
+        if len(keep) == n:
+            break
+        if np.min(np.linalg.norm(pos[keep] * 22.0 - pos[k] * 22.0, axis=1)) > 3.2:
+            keep.append(k)
+    return ase.Atoms(f"Ar{len(keep)}", positions=pos[keep] * 22.0)
+
+
+def test_open_cell_list_follows_an_evaporating_droplet():
+    atoms = _droplet()
+    assert len(atoms) > 512
+    system = System.from_ase(atoms)
+    nbrs = neighbors.allocate(system, 5.0, skin=0.5)
+    assert nbrs.spec.method == "cell"
+    centre = atoms.get_positions().mean(axis=0)
+
+    def expanded(factor):
+        pos = centre + (atoms.get_positions() - centre) * factor
+        return atoms.copy(), system.replace(positions=jnp.asarray(pos, system.positions.dtype))
+
+    # 20 % expansion (atoms evaporating outward): still inside the box, no overflow, exact.
+    out_atoms, out_system = expanded(1.2)
+    out_atoms.set_positions(np.asarray(out_system.positions, np.float64))
+    out = _rebuild(nbrs, out_system)
+    assert not bool(out.overflow)
+    assert jit_edges(out, out_system, 5.0) == ase_edges(out_atoms, 5.0)
+    # Tripled: atoms left the box, the flag says so ...
+    far_atoms, far_system = expanded(3.0)
+    far_atoms.set_positions(np.asarray(far_system.positions, np.float64))
+    assert bool(_rebuild(nbrs, far_system).overflow)
+    # ... and a list allocated for the current extent fits again and is exact.
+    again = neighbors.allocate(far_system, 5.0, skin=0.5)
+    assert not bool(again.overflow)
+    assert jit_edges(again, far_system, 5.0) == ase_edges(far_atoms, 5.0)
+    # Reallocating with more head-room (as after an overflow) gives a larger box.
+    roomy = neighbors.allocate(system, 5.0, skin=0.5, capacity_multiplier=1.875)
+    size = np.linalg.norm(np.asarray(roomy.spec.box), axis=1)
+    assert np.all(size > np.linalg.norm(np.asarray(nbrs.spec.box), axis=1))
+
+
+def test_open_cell_list_for_a_spread_out_gas_caps_its_bins():
+    rng = _rng(9)
+    atoms = ase.Atoms("Ar600", positions=rng.uniform(0, 2000.0, (600, 3)))
+    atoms.positions[:20] = atoms.positions[0] + rng.uniform(-3, 3, (20, 3))  # one dense spot
+    system = System.from_ase(atoms)
+    nbrs = neighbors.allocate(system, 5.0, method="cell")
+    assert np.prod(nbrs.spec.grid) <= 8 * len(atoms)
+    assert not bool(nbrs.overflow)
+    reference = ase_edges(atoms, 5.0)
+    assert len(reference) > 20
+    assert jit_edges(nbrs, system) == reference
