@@ -199,3 +199,48 @@ def test_batches_padding_and_shuffle(images):
     sys_raw = s.system()
     np.testing.assert_allclose(np.asarray(sys_pad.edge_vectors())[: s.n_edges],
                                np.asarray(sys_raw.edge_vectors()))
+
+
+def test_structure_and_batch_padding_match_system(images):
+    """Structure.system and every row of a collated batch pad exactly like System.from_ase."""
+    import jax
+
+    from jaxpot.system import System, unstack
+
+    ds = data.from_atoms(images, cutoff=3.0)
+    n, e = int(ds.n_atoms.max()) + 2, int(ds.n_edges.max()) + 9
+    batch = data.collate(ds.structures, len(ds) + 1, n, e)
+    rows = unstack(batch.system)
+    for k, (s, a) in enumerate(zip(ds.structures, images, strict=True)):
+        want = System.from_ase(a, cutoff=3.0, n_atoms=n, n_edges=e)
+        for got in (s.system(n_atoms=n, n_edges=e), rows[k]):
+            for name in ("positions", "species", "masses", "atom_mask", "cell", "pbc",
+                         "senders", "receivers", "shifts"):
+                np.testing.assert_array_equal(np.asarray(getattr(got, name)),
+                                              np.asarray(getattr(want, name)), err_msg=name)
+    assert not np.asarray(rows[-1].atom_mask).any()  # the dummy
+    host = ds[0].system(put=lambda x: x)
+    assert type(host.positions) is np.ndarray and isinstance(ds[0].system().positions,
+                                                             jax.Array)
+
+
+def test_batch_padding_leaves_the_energy_unchanged(images):
+    """Padding atoms, edges and dummy structures change nothing (Morse; the NequIP and MACE
+    padding tests in test_models.py go through the same kernel, jaxpot.system.pad_arrays)."""
+    import jax
+
+    from jaxpot import energy_and_forces, potentials
+
+    pot = potentials.morse(D=0.3, alpha=1.4, r0=2.7, cutoff=3.0)
+    params = pot.init(None, None)
+    ds = data.from_atoms(images[:3], cutoff=3.0)
+    ef = jax.jit(jax.vmap(energy_and_forces(pot), in_axes=(None, 0)))
+    n, e = int(ds.n_atoms.max()), int(ds.n_edges.max())
+    tight = data.collate(ds.structures, 3, n, e)
+    padded = data.collate(ds.structures, 5, n + 6, e + 40)
+    e1, f1 = ef(params, tight.system)
+    e2, f2 = ef(params, padded.system)
+    assert np.ptp(np.asarray(e1)) > 0 and np.abs(np.asarray(f1)).max() > 1e-4
+    np.testing.assert_allclose(np.asarray(e2)[:3], np.asarray(e1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(f2)[:3, :n], np.asarray(f1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(f2)[:3, n:] == 0) and np.all(np.asarray(e2)[3:] == 0)

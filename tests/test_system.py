@@ -10,7 +10,16 @@ from ase.calculators.lj import LennardJones
 
 from jaxpot import energy_and_forces, neighbors
 from jaxpot.potentials import lennard_jones
-from jaxpot.system import System, bucket, default_buckets, stack, unstack, validate_arrays
+from jaxpot.system import (
+    System,
+    bucket,
+    default_buckets,
+    pad_arrays,
+    stack,
+    stack_arrays,
+    unstack,
+    validate_arrays,
+)
 
 SIGMA, EPSILON, CUTOFF = 3.4, 0.0104, 7.0
 
@@ -349,3 +358,89 @@ def test_padding_edges_have_zero_vectors():
     mask = np.asarray(system.edge_mask)
     assert mask.sum() > 0 and (~mask).sum() > 0
     assert np.all(vec[~mask] == 0.0) and np.all(np.linalg.norm(vec[mask], axis=1) > 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one padding kernel: every path gives the same arrays as a plain reference
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_padding(atoms, cutoff, n_pad, e_pad):
+    """What padding means (DESIGN.md), written out slot by slot with ASE's neighbour list."""
+    from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+    i, j, s = ase_neighbor_list("ijS", atoms, cutoff)
+    order = np.lexsort((j, i))
+    i, j, s = i[order], j[order], s[order]
+    n, e = len(atoms), len(i)
+    out = {"positions": np.zeros((n_pad, 3)), "species": np.zeros(n_pad, int),
+           "masses": np.ones(n_pad), "atom_mask": np.zeros(n_pad, bool),
+           "cell": np.asarray(atoms.cell), "pbc": atoms.pbc,
+           "senders": np.full(e_pad, n_pad), "receivers": np.full(e_pad, n_pad),
+           "shifts": np.zeros((e_pad, 3))}
+    for k in range(n):
+        out["positions"][k] = atoms.positions[k]
+        out["species"][k] = atoms.numbers[k]
+        out["masses"][k] = atoms.get_masses()[k]
+        out["atom_mask"][k] = True
+    for k in range(e):
+        out["receivers"][k], out["senders"][k], out["shifts"][k] = i[k], j[k], s[k]
+    return out
+
+
+def _canonical_edges(arrays):
+    """Edges in (receiver, sender, shift) order: the order among images is not specified."""
+    r, s, sh = (np.asarray(arrays[k]) for k in ("receivers", "senders", "shifts"))
+    order = np.lexsort((sh[:, 2], sh[:, 1], sh[:, 0], s, r))
+    return {**arrays, "receivers": r[order], "senders": s[order], "shifts": sh[order]}
+
+
+def assert_system_equals(system, expected, dtype=None):
+    dtype = jax.dtypes.canonicalize_dtype(np.float64) if dtype is None else dtype
+    actual = _canonical_edges({name: getattr(system, name) for name in expected})
+    expected = _canonical_edges(expected)
+    for name, want in expected.items():
+        got = np.asarray(actual[name])
+        assert got.shape == np.shape(want), name
+        if got.dtype.kind == "f":
+            assert got.dtype == dtype, name
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("structure", [0, 1, 2, 4], ids=["primitive", "crystal", "cluster",
+                                                         "slab"])
+def test_every_padding_path_matches_the_reference(structure):
+    atoms = argon_structures()[structure]
+    tight = System.from_ase(atoms, cutoff=CUTOFF)
+    n, e = len(atoms), tight.n_edges
+    assert e > 0
+    assert_system_equals(tight, reference_padding(atoms, CUTOFF, n, e))
+    want = reference_padding(atoms, CUTOFF, n + 3, e + 17)
+    assert_system_equals(System.from_ase(atoms, cutoff=CUTOFF, n_atoms=n + 3, n_edges=e + 17),
+                         want)
+    assert_system_equals(tight.pad(n + 3, e + 17), want)
+    assert_system_equals(System.from_ase(atoms, n_atoms=n + 3).with_edges(CUTOFF, e + 17), want)
+    batch = stack([tight, tight.pad(n + 1, e)], n_atoms=n + 3, n_edges=e + 17)
+    for row in unstack(batch):
+        assert_system_equals(row, want)
+    raw = pad_arrays(atoms.positions, atoms.numbers, cell=atoms.cell, pbc=atoms.pbc,
+                     receivers=tight.receivers, senders=tight.senders, shifts=tight.shifts,
+                     n_atoms=n + 3, n_edges=e + 17, dtype=np.float64)
+    assert raw["positions"].dtype == np.float64 and raw["senders"].dtype == np.int32
+    assert_system_equals(System.from_padded(raw, put=lambda x: x), want, dtype=np.float64)
+
+
+def test_pad_arrays_refuses_what_does_not_fit():
+    pos = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="frame 2: 3 atoms do not fit in 2 padded slots"):
+        pad_arrays(pos, [1, 1, 1], n_atoms=2, where="frame 2")
+    with pytest.raises(ValueError, match="frame 2: 2 edges do not fit in 1 padded slots"):
+        pad_arrays(pos, [1, 1, 1], receivers=[0, 1], senders=[1, 0], n_edges=1, where="frame 2")
+    with pytest.raises(ValueError, match="2 receivers, 1 senders"):
+        pad_arrays(pos, [1, 1, 1], receivers=[0, 1], senders=[1])
+    with pytest.raises(ValueError, match="different"):
+        stack_arrays([pad_arrays(pos, [1, 1, 1]), pad_arrays(pos, [1, 1, 1], n_atoms=4)])
+    dummy = pad_arrays(np.zeros((0, 3)), [], n_atoms=4, n_edges=5)
+    assert not dummy["atom_mask"].any() and np.all(dummy["senders"] == 4)
