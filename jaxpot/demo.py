@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_copper_dataset", "run_demo", "register"]
+__all__ = ["make_copper_dataset", "run_demo", "register", "DEMO_OUTPUTS", "MARKER"]
+
+MARKER = ".jaxpot-demo"
+"""File the demo writes first into its output folder; a folder holding it may be reused."""
+
+DEMO_OUTPUTS = ("train.xyz", "valid.xyz", "model", "checkpoint", "config.json", "run.json",
+                "metrics.csv", "summary.json", "md_start.xyz", "md_log.csv", "md_traj.xyz",
+                "md_summary.json", "plots/learning_curve.png", "plots/parity.png",
+                "plots/md_energy.png")
+"""Paths inside ``--out`` that the demo (and the training run it starts) writes."""
 
 
 def make_copper_dataset(
@@ -86,12 +95,14 @@ def run_demo(
     """Run the demo end to end and return the summary (also written to ``out/summary.json``)."""
     from jaxpot import io
     from jaxpot.data import read_extxyz
+    from jaxpot.files import atomic_write_text
     from jaxpot.serialization import load_model
     from jaxpot.train.loop import TrainConfig, train
     from jaxpot.train.metrics import evaluate
 
+    _check_demo_options(n_frames, time_budget_min, md_steps)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_output_folder(out)
     t0 = time.perf_counter()
     print(f"[1/3] labelling {n_frames} Cu frames with ASE's EMT calculator ...", flush=True)
     frames = make_copper_dataset(n_frames, seed=seed)
@@ -129,7 +140,7 @@ def run_demo(
         "wall_s": time.perf_counter() - t0,
         "outputs": str(out),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     print(
         f"done in {summary['wall_s']:.0f} s: energy MAE {metrics['energy_mae_mev_per_atom']:.2f} "
         f"meV/atom, force MAE {metrics['force_mae_mev_per_a']:.1f} meV/Å, NVE drift "
@@ -137,6 +148,40 @@ def run_demo(
         f"outputs in {out}/"
     )
     return summary
+
+
+def _check_demo_options(n_frames: int, time_budget_min: float, md_steps: int) -> None:
+    if not n_frames >= 2:
+        raise ValueError(f"--frames (n_frames) must be at least 2 (one to validate on, the "
+                         f"rest to train on), got {n_frames}")
+    if not (np.isfinite(time_budget_min) and time_budget_min > 0):
+        raise ValueError(f"--time-budget-min must be a positive number of minutes, "
+                         f"got {time_budget_min}")
+    if not md_steps >= 1:
+        raise ValueError(f"--md-steps must be a positive number of steps, got {md_steps}")
+
+
+def _claim_output_folder(out: Path) -> None:
+    """Use ``out`` only if it is new, empty or a previous demo's output; then mark it.
+
+    Raises:
+      ValueError: ``out`` is a file, or a folder of other files (naming those the demo would
+        overwrite, or a few of the others); nothing in it is touched.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    entries = sorted(os.listdir(out)) if out.is_dir() else []
+    if entries and MARKER not in entries:
+        clash = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+        if clash:
+            raise ValueError(
+                f"--out {str(out)!r} holds files the demo would overwrite ({', '.join(clash)}) "
+                f"and is not a previous demo's output; choose a new or empty folder")
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(f"--out {str(out)!r} is not empty ({shown}) and is not a previous "
+                         f"demo's output; choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by jaxpot demo; the folder may be overwritten by it\n")
 
 
 def _demo_model_kwargs(model: str) -> dict:
@@ -156,8 +201,9 @@ def _run_md(out: Path, atoms, steps: int, seed: int) -> dict:
         "--log", str(out / "md_log.csv"), "--traj", str(out / "md_traj.xyz"),
         "--summary", str(summary_path), "--seed", str(seed),
     ])
-    if code:
-        raise RuntimeError(f"jaxpot md failed with exit code {code}")
+    if code:  # the MD command has printed why; exit 3 is a run that failed, not a bug
+        error = cli.RunFailed if code == cli.EXIT_CODES["run failed"] else RuntimeError
+        raise error(f"the demo's NVE run failed (jaxpot md exit code {code}, see above)")
     summary = json.loads(summary_path.read_text())
     _plot_md(out)
     return summary
