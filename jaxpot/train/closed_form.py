@@ -16,7 +16,8 @@ import sys
 import jax
 
 from jaxpot import data as jdata
-from jaxpot.models import gap as _gap
+from jaxpot.models.gap import GAPConfig, gap_uncertainty_report
+from jaxpot.models.gap import fit_gap as _fit_gap
 from jaxpot.potential import Potential
 from jaxpot.train.budget import TimeBudget
 from jaxpot.train.checkpoint import atomic_write_bytes
@@ -46,9 +47,12 @@ def fit_gap(frames, config=None, *, cutoff: float | None = None, deadline: float
     if not isinstance(frames, jdata.Dataset):
         frames = list(frames)
         if frames and not hasattr(frames[0], "system"):
-            cfg = _gap._make(config, overrides)
-            frames = jdata.from_atoms(frames, cutoff=cutoff or cfg.cutoff)
-    return _gap.fit_gap(frames, config, deadline=deadline, verbose=verbose, **overrides)
+            if cutoff is None:
+                cut = (config or {}).get("cutoff") if isinstance(config, dict) else None
+                cut = overrides.get("cutoff", cut or getattr(config, "cutoff", None))
+                cutoff = cut or GAPConfig().cutoff
+            frames = jdata.from_atoms(frames, cutoff=cutoff)
+    return _fit_gap(frames, config, deadline=deadline, verbose=verbose, **overrides)
 
 
 def _log(msg: str) -> None:
@@ -94,8 +98,8 @@ def train_closed_form(config, potential: Potential, train_set, valid_set, stats,
 
 
 def _uncertainty(potential, params, valid_set, info, budget: TimeBudget) -> dict:
-    unc = _gap.gap_uncertainty_report(potential, params, valid_set,
-                                      sigma_force=info.sigma_force, deadline=budget.deadline)
+    unc = gap_uncertainty_report(potential, params, valid_set,
+                                 sigma_force=info.sigma_force, deadline=budget.deadline)
     _log(f"force uncertainty on {unc['n_frames']} validation frames: "
          f"Spearman(σ, |ΔF|) {unc['spearman_component']:.2f} per component (a calibrated "
          f"model: {unc['spearman_component_ceiling']:.2f}), "

@@ -4,7 +4,7 @@
 
     jaxpot train [CONFIG.yaml] [--train PATH] [--valid PATH] [--model NAME] [--cutoff Å]
                  [--epochs N] [--batch-size B] [--lr LR] [--time-budget-min M] [--seed S]
-                 [--out DIR] [--resume | --restart]
+                 [--out DIR] [--resume | --restart] [--keep-incomplete]
     jaxpot eval MODEL DATA.xyz [--batch-size B]
 
 Flags override the YAML file's fields (:class:`jaxpot.train.TrainConfig`); flags alone are
@@ -19,7 +19,7 @@ import json
 import sys
 import time
 
-__all__ = ["register", "load_config"]
+__all__ = ["register", "load_config", "evaluate_files"]
 
 _T0 = time.monotonic()  # the CLI imports this module at start-up: the time budget starts here
 
@@ -44,7 +44,7 @@ def load_config(path: str | None, overrides: dict):
 
 
 def _cmd_train(args) -> int:
-    from jaxpot.train.loop import train
+    from jaxpot.train.loop import IncompleteTraining, train
 
     model_kwargs = None
     if args.model_kwargs:
@@ -57,9 +57,14 @@ def _cmd_train(args) -> int:
         "time_budget_min": args.time_budget_min, "seed": args.seed, "out": args.out,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "patience": args.patience, "dtype": args.dtype, "model_kwargs": model_kwargs,
+        "keep_incomplete": True if args.keep_incomplete else None,
     }
-    config = load_config(args.config, overrides)
-    result = train(config, resume=not args.restart, t_start=_T0)
+    config = load_config(args.config, overrides)  # every option checked before any work
+    try:
+        result = train(config, resume=not args.restart, t_start=_T0)
+    except IncompleteTraining as err:  # valid input, but the run did not finish: exit 3
+        print(f"jaxpot train: error: {err}", file=sys.stderr)
+        return 3
     summary = {k: result[k] for k in ("model", "best", "stop_reason", "epochs")}
     summary["wall_time_s"] = time.monotonic() - _T0
     print(json.dumps(summary, indent=2, default=float))
@@ -67,21 +72,52 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    if args.float64:
-        import jax
+    import contextlib
 
-        jax.config.update("jax_enable_x64", True)
+    import jax
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    scope = jax.enable_x64(True) if args.float64 else contextlib.nullcontext()
+    with scope:
+        metrics = evaluate_files(args.model, args.data, batch_size=args.batch_size,
+                                 energy_key=args.energy_key, forces_key=args.forces_key,
+                                 stress_key=args.stress_key)
+    print(json.dumps(metrics, indent=2, allow_nan=False))
+    return 0
+
+
+def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
+                   energy_key: str = "energy", forces_key: str | None = "forces",
+                   stress_key: str | None = "stress") -> dict:
+    """Error metrics of a model file on a labelled extxyz file (what ``jaxpot eval`` prints).
+
+    Checked on the host before anything is compiled: the model's parameter arrays against the
+    shapes its ``init`` gives (:func:`jaxpot.serialization.load_model`), and every element of
+    the data against the model's species (:func:`jaxpot.potential.check_species`). A
+    file without force labels (or a ``forces_key`` that no frame has) gives no force metric and
+    a ``"forces"`` entry saying why; a non-finite prediction is an error naming the frame.
+
+    Raises:
+      ValueError: naming the file, frame, element or parameter that is wrong.
+    """
     from jaxpot.data import read_extxyz
+    from jaxpot.potential import check_species
     from jaxpot.serialization import load_model
     from jaxpot.train.metrics import evaluate
 
-    potential, params = load_model(args.model)
-    dataset = read_extxyz(args.data, cutoff=potential.cutoff, energy_key=args.energy_key,
-                          forces_key=args.forces_key, stress_key=args.stress_key)
-    metrics = evaluate(potential, params, dataset, batch_size=args.batch_size)
-    json.dump(metrics, sys.stdout, indent=2)
-    print()
-    return 0
+    potential, params = load_model(model_path)
+    dataset = read_extxyz(data_path, cutoff=potential.cutoff, energy_key=energy_key,
+                          forces_key=forces_key, stress_key=stress_key)
+    if len(dataset) == 0:
+        raise ValueError(f"{data_path}: no structures")
+    for s in dataset.structures:
+        check_species(potential, s.numbers, where=s.source or data_path)
+    metrics = evaluate(potential, params, dataset, batch_size=batch_size)
+    if not dataset.has_forces:
+        metrics["forces"] = (f"no force metric: no force labels in {data_path} "
+                             f"(--forces-key {forces_key!r})")
+    return metrics
 
 
 def register(subparsers) -> None:
@@ -111,7 +147,11 @@ def register(subparsers) -> None:
     g.add_argument("--resume", action="store_true",
                    help="resume from DIR/checkpoint if it exists (the default)")
     g.add_argument("--restart", action="store_true",
-                   help="ignore and overwrite an existing DIR/checkpoint")
+                   help="start over: replace DIR/checkpoint and the outputs of an earlier "
+                        "jaxpot run in DIR (never files jaxpot did not write)")
+    p.add_argument("--keep-incomplete", action="store_true",
+                   help="write the model even if no validation fitted in the time budget "
+                        "(default: exit 3 without a model)")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser(

@@ -154,7 +154,7 @@ class TrainConfig:
 
 # (option, low, high, low bound excluded, None allowed): every number option's valid range.
 _RANGES = (
-    ("valid_fraction", 0.0, 1.0, True, False),
+    ("valid_fraction", 0.0, 1.0 - 1e-12, True, False),
     ("cutoff", 0.0, math.inf, True, False),
     ("batch_size", 1, math.inf, False, False),
     ("eval_batch_size", 1, math.inf, False, True),
@@ -204,6 +204,8 @@ def _check_range(option, value, lo, hi, lo_open, none_ok) -> None:
         return
     if option == "ema_decay":
         rule = "in [0, 1)"
+    elif option == "valid_fraction":
+        rule = "in (0, 1)"
     elif hi == math.inf:
         rule = f"> {lo}" if lo_open else f">= {lo}"
     else:

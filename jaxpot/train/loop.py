@@ -55,7 +55,8 @@ class TrainingDiverged(FloatingPointError):
       step: optimiser steps taken before the diverging one.
       best_params: best validated EMA parameters so far (or None).
       best: their validation metrics (or None).
-      state: the last good :class:`~jaxpot.train.TrainState` (also in the checkpoint).
+      state: the state before the diverging step (finite, but perhaps already far off; the
+        checkpoint on disk is left as the last one written at the end of an epoch).
     """
 
     def __init__(self, msg: str, *, step: int, best_params=None, best=None, state=None):
@@ -171,7 +172,8 @@ def fit(
       A :class:`FitResult`.
 
     Raises:
-      TrainingDiverged: the loss became non-finite (the last good state is checkpointed).
+      TrainingDiverged: the loss became non-finite (the checkpoint on disk is left as it was,
+        the last good one).
       ValueError: bad options, or a checkpoint of a different run.
     """
     config.validate()
@@ -309,10 +311,8 @@ class _Trainer:
             self.t_compile = max(self.t_compile, dt)
         if self.first_step_s is None:
             self.first_step_s = time.monotonic() - self.t_start
-        if not math.isfinite(loss):
+        if not math.isfinite(loss):  # the checkpoint on disk stays the last good one
             self.state = prev
-            self.meta.update(epoch=epoch, batch=position, accum=dict(accum))
-            self.save()
             raise self.diverged(f"the training loss became {loss} at step "
                                 f"{int(prev.step) + 1} (epoch {epoch + 1}, batch {position + 1}"
                                 f"/{self.steps_per_epoch}) with learning rate {self.lr:.3g}")
@@ -323,8 +323,10 @@ class _Trainer:
         return loss, m
 
     def diverged(self, what: str) -> TrainingDiverged:
-        where = (f"; the last good state is checkpointed in {self.ckpt.path}"
-                 if self.ckpt.enabled else "")
+        where = ""
+        if self.ckpt.exists():
+            where = (f"; {self.ckpt.path} keeps the last good checkpoint (epoch "
+                     f"{self.meta['epoch']}, batch {self.meta['batch']})")
         return TrainingDiverged(
             f"training diverged: {what}{where}; lower the learning rate (--lr, now "
             f"{self.config.lr:g}) or the gradient clip (clip_norm)",
