@@ -37,6 +37,8 @@ __all__ = [
     "Neighbors",
     "NeighborSpec",
     "neighbor_list",
+    "wrap_positions",
+    "complete_basis",
     "allocate",
     "update",
     "rebuild",
@@ -124,6 +126,31 @@ def _wrap(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
     frac = positions @ np.linalg.inv(basis)
     image = np.where(np.asarray(pbc, bool), np.floor(frac), 0.0)
     return positions - image @ basis, image
+
+
+def wrap_positions(positions, cell, pbc) -> tuple[np.ndarray, np.ndarray]:
+    """Wrap coordinates into the cell along periodic directions (host, float64).
+
+    Args:
+      positions: ``[n_atoms, 3]`` Å.
+      cell: ``[3, 3]`` rows are lattice vectors, Å (rows of non-periodic directions ignored).
+      pbc: three booleans.
+
+    Returns:
+      ``(wrapped [n_atoms, 3] Å, image [n_atoms, 3])``: ``positions = wrapped + image @ basis``
+      with integer-valued ``image`` (0 along non-periodic directions), where ``basis`` is
+      :func:`complete_basis` (the lattice vectors along periodic directions).
+    """
+    pbc = np.broadcast_to(np.asarray(pbc, bool), (3,))
+    return _wrap(np.asarray(positions, np.float64).reshape(-1, 3),
+                 np.asarray(cell, np.float64).reshape(3, 3), pbc)
+
+
+def complete_basis(cell, pbc) -> np.ndarray:
+    """``[3, 3]`` rows: the periodic lattice vectors, completed by orthonormal vectors along the
+    non-periodic directions (a basis even when those cell rows are zero or tilted), Å."""
+    pbc = np.broadcast_to(np.asarray(pbc, bool), (3,))
+    return _complete_basis(np.asarray(cell, np.float64).reshape(3, 3), pbc)
 
 
 def neighbor_list(

@@ -249,7 +249,12 @@ def test_compiled_function_reused_within_bucket():
         a.get_stress()
     assert len(set(energies)) == 4
     assert calc.n_compiles == 1
-    assert calc._efs._cache_size() == 1
+    with count_compiles() as compiles:  # the same bucket again: nothing is traced or compiled
+        b = atoms.copy()
+        b.rattle(0.02, seed=9)
+        b.calc = calc
+        b.get_forces()
+    assert compiles == []
     # padding to the bucket changes nothing: compare with an unpadded evaluation
     system = jaxpot.System.from_ase(a, cutoff=pot.cutoff)
     assert calc.system(a).n_atoms > len(a) or calc.system(a).n_edges > system.n_edges
@@ -305,3 +310,249 @@ def test_float32_system_gives_float64_results_close_to_float64():
     assert e32 != e64  # really computed in single precision
     assert abs(e32 - e64) <= 1e-5 * abs(e64)
     np.testing.assert_allclose(f32, f64, atol=1e-4 * np.abs(f64).max())
+
+
+# ------------------------------------------------------------------------------- ASE scale
+_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+
+
+class count_compiles:  # noqa: N801 - used like a function: ``with count_compiles() as c``
+    """Records JAX's own tracing and backend-compile events inside a ``with`` block."""
+
+    def __enter__(self):
+        self.events = []
+
+        def listener(event, duration, **kwargs):
+            if event in _EVENTS:
+                self.events.append(event)
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self.events
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def _argon(repeat=(2, 2, 2), seed=0):
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def _ase_lj(atoms):
+    ref = atoms.copy()
+    ref.calc = LennardJones(sigma=LJ["sigma"], epsilon=LJ["epsilon"], rc=LJ["cutoff"],
+                            smooth=False)
+    return ref
+
+
+def test_compile_counter_sees_compiles():
+    """The counter used below is not vacuous: a new shape is traced and compiled."""
+    calc = Calculator(lennard_jones(**LJ), min_atoms=37)  # an unusual bucket, new to the cache
+    atoms = _argon((1, 1, 1))
+    atoms.calc = calc
+    with count_compiles() as compiles:
+        atoms.get_potential_energy()
+    assert _EVENTS[0] in compiles and _EVENTS[1] in compiles
+
+
+def test_second_calculator_from_the_same_model_file_does_not_compile(tmp_path):
+    pot = lennard_jones(**LJ)
+    path = tmp_path / "lj.jaxpot"
+    jaxpot.save_model(path, pot, pot.init(jax.random.key(0), None))
+    atoms = _argon(seed=3)
+    first, second = atoms.copy(), atoms.copy()
+    first.calc = Calculator.from_file(path)
+    second.calc = Calculator.from_file(path)
+    assert first.calc.potential is not second.calc.potential
+    f1 = first.get_forces()
+    scaled = {**second.calc.params, "epsilon": 1.1 * second.calc.params["epsilon"]}
+    with count_compiles() as compiles:
+        f2 = second.get_forces()
+        e2 = second.get_potential_energy()
+        second.get_stress()
+        # New params do not compile either, and give a new answer.
+        second.calc.params = scaled
+        e3 = second.get_potential_energy()
+    assert compiles == []
+    np.testing.assert_array_equal(f1, f2)
+    assert e2 == first.get_potential_energy()
+    assert abs(e3 - 1.1 * e2) <= 1e-9 * abs(e2)  # epsilon scales the LJ energy
+
+
+def test_new_params_give_new_results():
+    pot = morse(**MORSE)
+    params = pot.init(jax.random.key(0), None)
+    atoms = _argon((1, 1, 2), seed=4)
+    atoms.calc = calc = Calculator(pot, params)
+    e1, f1 = atoms.get_potential_energy(), atoms.get_forces()
+    deeper = {**params, "D": params["D"] * 2.0}
+    calc.params = deeper
+    e2, f2 = atoms.get_potential_energy(), atoms.get_forces()
+    assert abs(e2 - 2.0 * e1) <= 1e-9 * abs(e1)
+    np.testing.assert_allclose(f2, 2.0 * f1, atol=1e-12)
+    calc.set(params=params)  # ASE's way
+    assert atoms.get_potential_energy() == e1
+    reference = atoms.copy()
+    reference.calc = Calculator(pot, deeper)
+    assert reference.get_potential_energy() == e2
+
+
+def test_pickled_atoms_give_the_same_energy():
+    import pickle
+
+    atoms = _argon(seed=5)
+    atoms.calc = Calculator(lennard_jones(**LJ))
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    clone = pickle.loads(pickle.dumps(atoms))
+    assert clone.calc is not atoms.calc
+    assert clone.get_potential_energy() == energy  # cached results travel
+    clone.calc.results = {}  # and a fresh evaluation agrees
+    assert abs(clone.get_potential_energy() - energy) <= 1e-12 * abs(energy)
+    np.testing.assert_allclose(clone.get_forces(), forces, atol=1e-12)
+    clone.rattle(0.01, seed=1)
+    moved = clone.copy()
+    moved.calc = Calculator(lennard_jones(**LJ))
+    assert clone.get_potential_energy() == pytest.approx(moved.get_potential_energy(), 1e-12)
+    # float32 calculators keep their dtype through pickling.
+    import jax.numpy as jnp
+
+    calc32 = pickle.loads(pickle.dumps(Calculator(morse(**MORSE), dtype=jnp.float32)))
+    atoms.calc = calc32
+    assert atoms.calc.system(atoms).positions.dtype == np.float32
+    assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_pickling_an_unregistered_potential_names_it():
+    import pickle
+
+    pot = lennard_jones(**LJ)._replace(config={"name": "my_private_lj", "kwargs": {}})
+    with pytest.raises(TypeError, match="my_private_lj"):
+        pickle.dumps(Calculator(pot))
+
+
+def test_per_atom_energies_match_ase_lennard_jones():
+    atoms = _argon(seed=6)
+    atoms.calc = Calculator(lennard_jones(**LJ))
+    energies = atoms.get_potential_energies()
+    ref = _ase_lj(atoms).get_potential_energies()
+    assert energies.shape == (len(atoms),) and np.ptp(ref) > 1e-5
+    np.testing.assert_allclose(energies, ref, rtol=0, atol=1e-8)
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_charges()
+
+
+def _charged_pair_potential():
+    """LJ plus per-atom charges q_i = 0.1·Σ_j exp(-r_ij) − 0.05 (a test double for a charge
+    model; only the plumbing of ``charges`` is under test)."""
+    import jax.numpy as jnp
+
+    base = lennard_jones(**LJ)
+
+    def atomic(params, system):
+        vec = system.edge_vectors()
+        r = jnp.sqrt(jnp.sum(vec * vec, axis=1) + ~system.edge_mask)
+        w = jnp.where(system.edge_mask & (r < LJ["cutoff"]), jnp.exp(-r), 0.0)
+        q = 0.1 * jax.ops.segment_sum(w, system.receivers, system.n_atoms) - 0.05
+        return {**base.atomic(params, system), "charges": jnp.where(system.atom_mask, q, 0.0)}
+
+    return base._replace(atomic=atomic, outputs=("energy", "charges"),
+                         config={"name": "test_charged_lj", "kwargs": {}})
+
+
+def test_charges_when_the_model_has_them():
+    pot = _charged_pair_potential()
+    atoms = _argon((1, 1, 1), seed=7)
+    atoms.calc = Calculator(pot)
+    charges = atoms.get_charges()
+    pos, cell = atoms.get_positions(), atoms.cell.array
+    i, j, shifts = ase_neighbor_list("ijS", atoms, LJ["cutoff"])
+    r = np.linalg.norm(pos[j] - pos[i] + shifts @ cell, axis=1)
+    expected = 0.1 * np.bincount(i, np.exp(-r), minlength=len(atoms)) - 0.05
+    assert np.ptp(expected) > 1e-6
+    np.testing.assert_allclose(charges, expected, rtol=1e-10)
+    assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
+
+
+def test_verlet_skin_reuses_edges_and_stays_exact():
+    """An ASE MD run: the list is rebuilt only after atoms moved skin/2, every step is exact."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = _argon(seed=8)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    atoms.calc = calc = Calculator(lennard_jones(**LJ), skin=0.3)
+    dyn = VelocityVerlet(atoms, 10 * units.fs)
+    worst = 0.0
+    for _ in range(12):
+        dyn.run(1)
+        ref = _ase_lj(atoms).get_forces()
+        worst = max(worst, np.abs(atoms.get_forces() - ref).max() / np.abs(ref).max())
+        assert atoms.get_potential_energy() == pytest.approx(
+            _ase_lj(atoms).get_potential_energy(), rel=1e-9)
+    assert worst < 1e-9
+    assert 1 < calc.n_neighbor_builds < 13  # reused, but rebuilt once atoms moved far enough
+    # A changed cell (same positions) never reuses the old edges.
+    builds = calc.n_neighbor_builds
+    atoms.set_cell(atoms.cell * 1.001, scale_atoms=False)
+    assert atoms.get_potential_energy() == pytest.approx(
+        _ase_lj(atoms).get_potential_energy(), rel=1e-9)
+    assert calc.n_neighbor_builds == builds + 1
+
+
+def test_skin_reuse_across_a_periodic_face():
+    atoms = _argon((2, 2, 2), seed=9)
+    atoms.positions[0] = [0.02, 1.0, 1.0]  # just inside the x = 0 face
+    atoms.calc = calc = Calculator(lennard_jones(**LJ), skin=0.5)
+    atoms.get_forces()
+    atoms.positions[0, 0] -= 0.1  # crosses the face: wrapped, it would jump by a cell length
+    f = atoms.get_forces()
+    assert calc.n_neighbor_builds == 1
+    np.testing.assert_allclose(f, _ase_lj(atoms).get_forces(), atol=1e-10)
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_float32_far_from_the_origin(periodic):
+    """Coordinates 1e4 Å away lose 3 decimal digits in float32 unless translated on the host."""
+    import jax.numpy as jnp
+
+    atoms = _argon((2, 2, 2), seed=10)
+    if not periodic:
+        atoms.pbc = False
+    pot = lennard_jones(**LJ)
+    near = atoms.copy()
+    near.calc = Calculator(pot, dtype=jnp.float32)
+    far = atoms.copy()
+    far.translate([1.0e4 + 0.37, -2.0e4 + 0.11, 0.5e4])
+    far.calc = Calculator(pot, dtype=jnp.float32)
+    exact = _ase_lj(atoms)
+    e_near, e_far, e_ref = (near.get_potential_energy(), far.get_potential_energy(),
+                            exact.get_potential_energy())
+    assert abs(e_near - e_ref) <= 2e-5 * abs(e_ref)
+    assert abs(e_far - e_ref) <= 2e-5 * abs(e_ref)
+    scale = np.abs(exact.get_forces()).max()
+    np.testing.assert_allclose(far.get_forces(), exact.get_forces(), atol=1e-4 * scale)
+    np.testing.assert_allclose(far.get_forces(), near.get_forces(), atol=1e-4 * scale)
+
+
+def test_unknown_element_is_refused_before_any_compile():
+    pot = lennard_jones(**LJ)._replace(species=(18,))
+    atoms = _argon((1, 1, 1))
+    atoms.numbers[2] = 29
+    atoms.calc = Calculator(pot, pot.init(jax.random.key(0), None))
+    with count_compiles() as compiles, pytest.raises(ValueError, match=r"Cu \(first at atom 2\)"):
+        atoms.get_potential_energy()
+    assert compiles == []
+
+
+def test_nearly_flat_cell_is_refused_by_the_calculator():
+    atoms = Atoms("Ar2", positions=[[0, 0, 0], [2.0, 2.0, 0]],
+                  cell=[[5.0, 0, 0], [0, 5.0, 0], [1.0, 1.0, 1e-6]], pbc=True)
+    atoms.calc = Calculator(lennard_jones(**LJ))
+    with pytest.raises(ValueError, match="thick"):
+        atoms.get_potential_energy()
+    with pytest.raises(ValueError, match="skin"):
+        Calculator(lennard_jones(**LJ), skin=-1.0)
