@@ -15,7 +15,8 @@ __all__ = ["make_train_step", "make_eval_step"]
 
 
 def make_train_step(potential: Potential, optimizer: optax.GradientTransformation,
-                    weights: LossWeights, *, ema_decay: float = 0.99, jit: bool = True):
+                    weights: LossWeights, *, ema_decay: float = 0.99, jit: bool = True,
+                    jit_kwargs: dict | None = None):
     """Build ``step(state, batch) -> (state, metrics)``.
 
     The loss (:func:`jaxpot.train.loss.make_loss_fn`) vmaps the potential's energy, forces and
@@ -28,6 +29,12 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
       weights: loss weights.
       ema_decay: decay of the parameter EMA (0 disables averaging: EMA = params).
       jit: compile (default) or run eagerly (debugging).
+      jit_kwargs: extra arguments of ``jax.jit`` (``in_shardings``, ``out_shardings``,
+        ``donate_argnums``), for a step sharded over devices.
+
+    Batch placement is the caller's: the step moves nothing between devices and computes
+    where its inputs live (:func:`jaxpot.train.fit` takes a ``place`` hook that puts each
+    batch, e.g. sharded along its leading axis, before the step sees it).
 
     The step also takes an optional third argument ``lr``: a scalar that multiplies the
     optimiser's updates. :func:`jaxpot.train.fit` builds its optimiser with a unit learning
@@ -57,7 +64,7 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
                             step=state.step + 1, key=key)
         return new, metrics
 
-    fn = jax.jit(step) if jit else step
+    fn = jax.jit(step, **(jit_kwargs or {})) if jit else step
 
     class _Step:
         """The step function with a trace counter."""
