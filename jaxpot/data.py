@@ -1,13 +1,20 @@
 """Training data: read labelled structures, check them, split, summarise, and batch them.
 
-Everything here runs on the host with NumPy. The pipeline is::
+Everything here runs on the host with NumPy; a structure goes to a device once, inside its
+batch. The pipeline is::
 
     train = data.read_extxyz("train.xyz", cutoff=5.0)        # edges precomputed (exact, host)
     train, valid = data.split(train, valid_fraction=0.1, seed=0)
+    if data.check_overlap(train, valid): ...                 # identical frames in both sets
     stats = data.statistics(train)                           # element refs, force RMS, ...
-    loader = data.BatchLoader(train, batch_size=8, shuffle=True, seed=0)
+    loader = data.BatchLoader(train, batch_size=8, shuffle=True, seed=0,
+                              put=jax.device_put)            # or a sharded placement
     for batch in loader.batches(epoch=0):                    # fixed-shape :class:`Batch`
         ...
+
+Labels are read and checked by :func:`jaxpot.io.extract_labels` (one rule for partly
+labelled files, value, outlier and unit checks); structures by
+:func:`jaxpot.system.validate_arrays`; padding is :func:`jaxpot.system.pad_arrays`.
 
 Shapes. A :class:`Batch` has a fixed number ``batch_size`` of structures, each padded to one of
 a few ``(n_atoms, n_edges)`` shapes (:func:`choose_shapes`), so a jitted train step compiles once
