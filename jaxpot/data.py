@@ -245,6 +245,8 @@ def from_atoms(
         raise ValueError(f"cutoff must be a positive distance in Å, got {cutoff!r}")
     if energy_key is None:
         raise ValueError("energy_key cannot be None for training data")
+    if len(images) == 0:
+        return Dataset([], cutoff)
     require = () if allow_partial else ("energy",)
     require += ("forces",) if require_forces else ()
     y = io.extract_labels(images, energy_key=energy_key, forces_key=forces_key,

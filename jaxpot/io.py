@@ -229,14 +229,17 @@ def _live_value(atoms: ase.Atoms, kind: str):
 
 
 def _lookup(atoms: ase.Atoms, key: str, kind: str):
-    """A label under ``key``: calculator results, then ``info``, then ``arrays``."""
-    results = (getattr(atoms.calc, "results", None) or {}) if atoms.calc is not None else {}
-    if key in results:
-        return results[key]
+    """A label under ``key``: ``info``, then ``arrays``, then the calculator's results.
+
+    Values the user put in ``info``/``arrays`` win over a calculator's (possibly stale) ones.
+    """
     if key in atoms.info:
         return atoms.info[key]
     if key in atoms.arrays:
         return atoms.arrays[key]
+    results = (getattr(atoms.calc, "results", None) or {}) if atoms.calc is not None else {}
+    if key in results:
+        return results[key]
     if key == _DEFAULT_KEYS.get(kind) and kind in ("energy", "forces"):
         return _live_value(atoms, kind)
     return None
@@ -376,15 +379,16 @@ def extract_labels(
 ) -> Labels:
     """Read and validate the labels of ``images`` (the one label path of jaxpot).
 
-    Labels are looked up under the given keys in the calculator's results (where ``ase.io.read``
-    puts ``energy``/``forces``/``stress``), then ``atoms.info``, then ``atoms.arrays``; a live
+    Labels are looked up under the given keys in ``atoms.info``, then ``atoms.arrays``, then
+    the calculator's results (where ``ase.io.read`` puts ``energy``/``forces``/``stress``); a live
     calculator (EMT, DFT) attached but not run yet is asked for energy and forces under the
     default keys.
 
     Args:
       images: ``ase.Atoms`` frames.
       energy_key, forces_key, stress_key, charges_key: label names; ``None`` ignores the label.
-      weight_key: info key of a per-frame loss weight ≥ 0 (frames without it weigh 1).
+      weight_key: info key of a per-frame loss weight ≥ 0 (frames without it weigh 1; the
+        default key ``"weight"`` may be absent from every frame, another key may not).
       require: label kinds every frame must have (``"energy"``, ``"forces"``, ...).
       allow_partial: mask, with a warning, a label kind that only some frames have (instead of
         refusing the file).

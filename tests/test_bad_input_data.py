@@ -516,3 +516,29 @@ def test_reference_data_sets_pass_clean(name):
     valid = io.read_frames(SHARED / name / "valid.xyz")
     assert io.check_overlap(train, valid) == []
     assert os.path.getsize(SHARED / name / "train.xyz") > 0
+
+
+def test_info_label_wins_over_a_stale_calculator(copper):
+    a = copper[0].copy()
+    a.calc = SinglePointCalculator(a, energy=123.0, forces=np.zeros((len(a), 3)))
+    a.info["energy"] = -4.5
+    y = io.extract_labels([a], check_units=False)
+    assert y.energy.tolist() == [-4.5]
+
+
+def test_live_calculator_is_asked_for_missing_labels():
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.05, seed=3)
+    a.calc = EMT()
+    ds = data.from_atoms([a], cutoff=CUTOFF)
+    ref = _labelled(a)
+    assert ds[0].energy == pytest.approx(ref.get_potential_energy(), abs=1e-12)
+    np.testing.assert_allclose(ds[0].forces, ref.get_forces(), atol=1e-12)
+
+
+def test_empty_input():
+    assert len(data.from_atoms([], cutoff=CUTOFF)) == 0
+    with pytest.raises(ValueError, match="src: no frames"):
+        io.extract_labels([], source="src")
+    with pytest.raises(ValueError, match="cutoff must be a positive distance"):
+        data.from_atoms([], cutoff=-1.0)
