@@ -516,10 +516,18 @@ def _one_line(err: BaseException) -> str:
     return " ".join(msg.split())
 
 
+_RUN_FAILURES = {"SimulationUnstable", "IncompleteTraining"}
+"""Names of exception classes of lower layers (md, train) that mean "the run failed": exit 3."""
+
+
 def _exit_code(err: BaseException) -> int:
-    """2 for bad input, 3 for a run that failed on valid input, 1 for anything else."""
+    """The error's own positive ``exit_code`` attribute if it has one; else 3 for a run that
+    failed on valid input, 2 for bad input, 1 for anything else."""
+    explicit = getattr(err, "exit_code", None)
+    if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
+        return explicit
     names = {cls.__name__ for cls in type(err).__mro__}
-    if isinstance(err, RunFailed | FloatingPointError) or "SimulationUnstable" in names:
+    if isinstance(err, RunFailed | FloatingPointError) or names & _RUN_FAILURES:
         return 3
     if isinstance(err, ValueError | OSError | KeyError):
         return 2

@@ -122,9 +122,13 @@ def run_demo(
         # keep compilation to two traces of the train step.
         epochs=max(5, int(time_budget_min * 10)), max_shapes=2, lr=1e-2,
         time_budget_min=time_budget_min, seed=seed, out=str(out), patience=None,
+        keep_incomplete=True,  # the demo validates the model itself below
     )
     result = train(config, resume=False)
     train_summary = {k: result[k] for k in ("best", "stop_reason", "epochs")}
+    if not result["best"]:
+        print(f"      note: no validation epoch fitted in {time_budget_min:g} min; the model is "
+              f"under-trained (a larger --time-budget-min helps)", flush=True)
     potential, params = load_model(out / "model")
     valid = read_extxyz(str(out / "valid.xyz"), cutoff=potential.cutoff)
     metrics = evaluate(potential, params, valid)

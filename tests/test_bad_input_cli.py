@@ -281,6 +281,12 @@ def raising_plugin(monkeypatch, tmp_path):
         "        kind = args.kind\n"
         "        if kind == 'key':\n"
         "            return {}['forces_key']\n"
+        "        if kind == 'exit_code':\n"
+        "            err = RuntimeError('declares its own code')\n"
+        "            err.exit_code = 4\n"
+        "            raise err\n"
+        "        if kind == 'IncompleteTraining':\n"
+        "            raise type('IncompleteTraining', (RuntimeError,), {})('no epoch')\n"
         "        raise getattr(builtins, kind)('something went wrong')\n"
         "    p.set_defaults(func=run)\n"
     )
@@ -296,6 +302,8 @@ def raising_plugin(monkeypatch, tmp_path):
     ("key", 2, "jaxpot boom: error: missing key 'forces_key'"),
     ("FloatingPointError", 3, "jaxpot boom: error: something went wrong"),
     ("TypeError", 1, "jaxpot boom: internal error: TypeError: something went wrong"),
+    ("exit_code", 4, "jaxpot boom: error: declares its own code"),
+    ("IncompleteTraining", 3, "jaxpot boom: error: no epoch"),
 ])
 def test_exit_codes_and_one_line(raising_plugin, capsys, kind, code, expected):
     assert cli.main(["boom", kind]) == code
@@ -407,3 +415,21 @@ def test_check_outputs_unit(tmp_path):
         files.check_outputs({"x": tmp_path / "n", "y": tmp_path / "." / "n"})
     files.check_outputs({"x": None}, {"y": None})
     assert json.dumps(sorted(os.listdir(tmp_path))) == '["a.xyz"]'
+
+
+def test_demo_reuses_its_own_folder(tmp_path):
+    from jaxpot import demo
+
+    out = tmp_path / "previous"
+    demo._claim_output_folder(out)  # new: created and marked
+    assert os.listdir(out) == [demo.MARKER]
+    (out / "config.json").write_text("{}")  # as a previous demo run leaves it
+    demo._claim_output_folder(out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    demo._claim_output_folder(empty)
+    assert (empty / demo.MARKER).exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        demo._claim_output_folder(a_file)
