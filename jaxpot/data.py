@@ -213,6 +213,7 @@ def from_atoms(
     require_forces: bool = False,
     allow_partial: bool = False,
     check_units: bool = True,
+    check_outliers: bool = True,
 ) -> Dataset:
     """Turn ``ase.Atoms`` with labels into a :class:`Dataset` (edges built for ``cutoff``).
 
@@ -231,6 +232,7 @@ def from_atoms(
       allow_partial: accept labels that only some frames have; those frames are masked for
         that term (``Batch.has_energy``/``has_forces``/...) and a warning says how many.
       check_units: refuse energies and forces in disagreeing units.
+      check_outliers: refuse frames whose energy per atom is far from the rest.
 
     Returns:
       A :class:`Dataset`; forces/stress/charges are None on structures without those labels.
@@ -252,7 +254,7 @@ def from_atoms(
     y = io.extract_labels(images, energy_key=energy_key, forces_key=forces_key,
                           stress_key=stress_key, charges_key=charges_key,
                           weight_key=weight_key, require=require, allow_partial=allow_partial,
-                          check_units=check_units, source=source)
+                          check_units=check_units, check_outliers=check_outliers, source=source)
     if not y.has("energy"):
         raise ValueError(f"{source}: no frame has an energy label under key {energy_key!r}")
     out = []
@@ -293,7 +295,7 @@ def read_extxyz(
       energy_key, forces_key, stress_key: where the labels are (e.g. ``"REF_energy"``).
       index: which frames (ASE syntax, default all).
       **options: ``charges_key``, ``weight_key``, ``require_forces``, ``allow_partial``,
-        ``check_units`` (see :func:`from_atoms`).
+        ``check_units``, ``check_outliers`` (see :func:`from_atoms`).
 
     Raises:
       ValueError: the file is missing or unreadable, or a frame is invalid (the message names the

@@ -375,6 +375,7 @@ def extract_labels(
     require: Sequence[str] = (),
     allow_partial: bool = False,
     check_units: bool = True,
+    check_outliers: bool = True,
     source: str = "atoms",
 ) -> Labels:
     """Read and validate the labels of ``images`` (the one label path of jaxpot).
@@ -394,6 +395,8 @@ def extract_labels(
         refusing the file).
       check_units: compare energy differences with the forces' work
         (:func:`energy_force_consistency`) and refuse energies and forces in different units.
+      check_outliers: refuse frames whose energy per atom is far from the rest
+        (:func:`energy_outliers`).
       source: the file name, used in messages.
 
     Returns:
@@ -429,19 +432,19 @@ def extract_labels(
     out = Labels(energy=energy, forces=values["forces"], stress=values["stress"],
                  charges=values["charges"], weight=_weights(images, weight_key, source),
                  present=present, source=source)
-    _sanity(images, out, check_units=check_units)
+    _sanity(images, out, check_units=check_units, check_outliers=check_outliers)
     return out
 
 
-def _sanity(images, labels: Labels, *, check_units: bool) -> None:
-    numbers = [a.numbers for a in images]
-    bad = energy_outliers(numbers, labels.energy)
+def _sanity(images, labels: Labels, *, check_units: bool, check_outliers: bool) -> None:
+    bad = energy_outliers([a.numbers for a in images], labels.energy) if check_outliers else []
     if bad:
         i, per_atom, median = bad[0]
         raise ValueError(
             f"{labels.source}: frame {i}: energy per atom {per_atom:.6g} eV (after per-element "
             f"reference energies) is far from the other frames' median {median:.6g} eV; "
-            f"{len(bad)} frame(s) affected (an outlier, or a frame in other units?)"
+            f"{len(bad)} frame(s) affected (an outlier, or a frame in other units?); pass "
+            "check_outliers=False if this is intended"
         )
     if not check_units or not labels.has("forces"):
         return
@@ -670,6 +673,7 @@ def read(
     require: Sequence[str] = (),
     allow_partial: bool = False,
     check_units: bool = True,
+    check_outliers: bool = True,
 ) -> list[ase.Atoms]:
     """Read structures and their labels from any file ASE reads (extxyz for training data).
 
@@ -686,6 +690,7 @@ def read(
       require: label kinds every frame must have.
       allow_partial: mask, with a warning, labels that only some frames have.
       check_units: refuse energies and forces in disagreeing units.
+      check_outliers: refuse frames whose energy per atom is far from the rest.
 
     Returns:
       A list of ``ase.Atoms``, each with a ``SinglePointCalculator`` holding the labels it has
@@ -702,7 +707,7 @@ def read(
     y = extract_labels(frames, energy_key=energy_key, forces_key=forces_key,
                        stress_key=stress_key, charges_key=charges_key, weight_key=weight_key,
                        require=require, allow_partial=allow_partial, check_units=check_units,
-                       source=path)
+                       check_outliers=check_outliers, source=path)
     keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key,
             "charges": charges_key}
     out = []
