@@ -176,7 +176,7 @@ def _schedule(temperature_kelvin, steps: int) -> Callable[[np.ndarray], np.ndarr
         t = table(s)
         bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
         if bad.size:
-            raise ValueError(f"simulate: temperature_kelvin is {t[bad[0]]!r} K at step "
+            raise ValueError(f"simulate: temperature_kelvin is {float(t[bad[0]])!r} K at step "
                              f"{int(s[bad[0]])}; temperatures must be finite and ≥ 0 K")
         return t
 
