@@ -194,6 +194,10 @@ class Dataset(Sequence):
     def has_stress(self) -> bool:
         return any(s.stress is not None for s in self.structures)
 
+    @property
+    def has_charges(self) -> bool:
+        return any(s.charges is not None for s in self.structures)
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading

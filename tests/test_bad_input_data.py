@@ -290,6 +290,7 @@ def test_charges_reach_the_batch(copper):
     for k, a in enumerate(frames):
         a.arrays["q"] = np.linspace(-1, 1, len(a)) * (k + 1)
     ds = data.from_atoms(frames, cutoff=CUTOFF, charges_key="q")
+    assert ds.has_charges and not data.from_atoms(frames, cutoff=CUTOFF).has_charges
     batch = data.collate(ds.structures[:2], 3, 40, 2000)
     np.testing.assert_allclose(np.asarray(batch.charges)[1, :32], frames[1].arrays["q"],
                                rtol=1e-6)

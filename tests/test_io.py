@@ -157,3 +157,30 @@ def test_atomic_write_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         with serialization.atomic_write(tmp_path / "no" / "x.txt", "w") as f:
             f.write("x")
+
+
+def test_charges_and_weights_round_trip(tmp_path):
+    frames = _frames()
+    for k, atoms in enumerate(frames):
+        results = dict(atoms.calc.results)
+        results["charges"] = np.linspace(-0.5, 0.5, len(atoms)) * (k + 1)
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["weight"] = 0.5 * (k + 1)
+    path = tmp_path / "q.xyz"
+    io.write(path, frames)
+    back = io.read(path)
+    for k, atoms in enumerate(back):
+        np.testing.assert_allclose(atoms.get_charges(), frames[k].calc.results["charges"])
+        assert atoms.info["weight"] == 0.5 * (k + 1)
+    y = io.extract_labels(back, source="q.xyz")
+    assert y.has("charges") and y.weight.tolist() == [0.5, 1.0, 1.5]
+    assert y.present["stress"].all() and y.stress[0].shape == (3, 3)
+
+
+def test_read_frames_with_a_format(tmp_path):
+    path = tmp_path / "frames.data"
+    io.write(path, _frames(2))
+    assert len(io.read_frames(path, format="extxyz")) == 2
+    path.write_text("5\n\nH 0 0 0\n")
+    with pytest.raises(ValueError, match=r"frames\.data: line 1 claims 5 atoms"):
+        io.read_frames(path, format="extxyz")
