@@ -4,7 +4,6 @@ Fast on purpose: small structures, ASE's EMT/LJ for labels, nothing jitted excep
 padded batch is evaluated.
 """
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -515,10 +514,14 @@ def test_reference_data_sets_pass_clean(name):
         assert np.all(np.isfinite(y["energy"])) and y["forces"] is not None
         r = io.energy_force_consistency(frames, y["energy"], y["forces"])
         assert r["correlation"] > 0.9 and 0.7 < r["ratio"] < 1.1, r
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = data.read_extxyz(SHARED / name / "valid.xyz", cutoff=4.0)
+    assert len(ds) == 200 and ds.has_forces and ds.has_stress == (name != "ethanol_xtb")
     train = io.read_frames(SHARED / name / "train.xyz")
     valid = io.read_frames(SHARED / name / "valid.xyz")
     assert io.check_overlap(train, valid) == []
-    assert os.path.getsize(SHARED / name / "train.xyz") > 0
+    assert io.check_overlap(valid, valid) == [(i, i) for i in range(200)]
 
 
 def test_info_label_wins_over_a_stale_calculator(copper):
