@@ -534,7 +534,8 @@ def _nearest(anchor: int, group: list[int], images, forces):
     x = np.stack([images[j].positions for j in group])
     f = np.stack([forces[j] for j in group])
     if a.pbc.any():
-        # Lattice translations of single atoms leave E and F unchanged: take the shortest.
+        # Lattice translations of single atoms (along periodic directions) leave E and F
+        # unchanged: take the shortest. No rotation: a cell fixes the orientation.
         cell = np.asarray(a.cell)
         frac = (x - a.positions) @ np.linalg.inv(cell)
         frac = np.where(a.pbc, frac - np.round(frac), frac)
@@ -604,9 +605,9 @@ def _pair_work(images, energies, forces, *, n_pairs: int, seed: int):
         if forces[i] is None or not np.isfinite(energies[i]):
             continue
         periodic = bool(atoms.pbc.any())
-        if periodic and not atoms.pbc.all():
-            continue  # mixed periodicity: neither rule above applies cleanly
-        key = (atoms.numbers.tobytes(), periodic,
+        if periodic and abs(np.linalg.det(np.asarray(atoms.cell))) < 1e-6:
+            continue  # a slab or wire without a full cell: no fractional coordinates
+        key = (atoms.numbers.tobytes(), atoms.pbc.tobytes(),
                np.round(np.asarray(atoms.cell), 6).tobytes() if periodic else b"")
         groups.setdefault(key, []).append(i)
     pool = [i for g in groups.values() if len(g) > 1 for i in g]

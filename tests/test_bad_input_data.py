@@ -387,6 +387,22 @@ def test_units_that_disagree_are_refused(copper, tmp_path, scale, energy, forces
     assert len(io.read(path, check_units=False)) == 20
 
 
+def test_units_refused_for_slabs():
+    base = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    base.center(vacuum=4.0, axis=2)
+    base.pbc = (True, True, False)
+    frames = []
+    for k in range(20):
+        a = base.copy()
+        a.rattle(0.08, seed=100 + k)
+        frames.append(_labelled(a))
+    y = io.extract_labels(frames, check_units=False)
+    r = io.energy_force_consistency(frames, y.energy, y.forces)
+    assert r["correlation"] > 0.9 and 0.8 < r["ratio"] < 1.25
+    with pytest.raises(ValueError, match="disagree in units.*kJ/mol"):
+        io.extract_labels(_scaled(frames, energy=96.485), source="slab")
+
+
 def test_units_refused_for_molecules_too():
     frames = _scaled(_argon_clusters(24), energy=23.06)
     with pytest.raises(ValueError, match="disagree in units.*kcal/mol"):
