@@ -564,3 +564,32 @@ def test_empty_input():
         io.extract_labels([], source="src")
     with pytest.raises(ValueError, match="cutoff must be a positive distance"):
         data.from_atoms([], cutoff=-1.0)
+
+
+def _break(atoms, how):
+    if how == "nan position":
+        atoms.positions[5, 1] = np.nan
+    elif how == "overlap":
+        atoms.positions[9] = atoms.positions[4] + [0.02, 0.0, 0.0]
+    elif how == "singular cell":
+        atoms.cell[2] = atoms.cell[0]
+    elif how == "dummy element":
+        atoms.numbers[6] = 0
+    return atoms
+
+
+@pytest.mark.parametrize("how, message", [
+    ("nan position", r"frame 2: non-finite position for atom 5"),
+    ("overlap", r"frame 2: atoms (4 and 9|9 and 4) overlap"),
+    ("singular cell", r"frame 2: .*cell"),
+    ("dummy element", r"frame 2: unknown element \(atomic number 0\) at atom 6"),
+])
+def test_bad_structure_in_a_file_names_file_and_frame(tmp_path, copper, how, message):
+    frames = [a.copy() for a in copper[:3]]
+    for a, b in zip(frames, copper[:3], strict=True):
+        a.calc = SinglePointCalculator(a, **b.calc.results)
+    _break(frames[2], how)
+    path = tmp_path / "broken.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    with pytest.raises(ValueError, match=rf"broken\.xyz: {message}"):
+        data.read_extxyz(path, cutoff=CUTOFF)
