@@ -315,3 +315,135 @@ def test_fire_relaxes_rattled_fcc_like_ase():
     assert info["energy"] == pytest.approx(e_perfect, abs=1e-6 * len(atoms))
     # relaxed carries edges valid for the potential
     assert float(pot.energy(params, relaxed)) == pytest.approx(info["energy"], rel=1e-10)
+
+
+# ---------------------------------------------------------------------------- driver hooks
+
+
+@pytest.mark.parametrize("ensemble", ["langevin", "nose-hoover"])
+def test_temperature_ramp_is_followed_without_recompiling(ensemble):
+    """64-atom LJ liquid heated linearly from T* = 0.5 to 1.5 over 6000 steps (60 τ).
+
+    The bath kT lives in the integrator state and the schedule enters each block as an array:
+    the mean kinetic temperature of each 1000-step window follows the mean target within 6 %
+    (about 3 standard errors of a 100-sample window; BAOAB's bias is ~1 %), the run heats by
+    the factor the ramp asks for, and the energy function is traced only 1 + 2 times.
+    """
+    counter: list = []
+    steps = 6000
+    res = md.simulate(force_shifted_lj(counter=counter), {}, lattice(4, 0.8, kind="sc"),
+                      ensemble=ensemble, dt_fs=0.01 / units.fs,
+                      temperature_kelvin=(kelvin(0.5), kelvin(1.5)), steps=steps, log_every=10,
+                      friction_per_fs=5.0 * units.fs, tau_fs=0.2 / units.fs, skin=0.3)
+    log = res.log
+    np.testing.assert_allclose(log["target_temperature_k"],
+                               kelvin(0.5) + kelvin(1.0) * log["step"] / steps, rtol=1e-12)
+    windows = np.array_split(np.arange(1, log["step"].size), 6)
+    ratios = [log["temperature_k"][w].mean() / log["target_temperature_k"][w].mean()
+              for w in windows]
+    print(ensemble, "T / target per window:", np.round(ratios, 3))
+    assert all(abs(r - 1.0) < 0.06 for r in ratios[1:])
+    mean_t = [log[k][[windows[0], windows[-1]]].mean(axis=1)
+              for k in ("temperature_k", "target_temperature_k")]
+    heat, asked = mean_t[0][1] / mean_t[0][0], mean_t[1][1] / mean_t[1][0]  # asked ≈ 2.4
+    assert abs(heat / asked - 1.0) < 0.12
+    assert len(counter) == 1 + 2 * (1 + res.n_reallocations)
+
+
+def test_callable_schedule_matches_the_ramp_pair():
+    common = dict(ensemble="langevin", dt_fs=0.01 / units.fs, steps=200, log_every=10,
+                  friction_per_fs=5.0 * units.fs, skin=0.3, seed=4)
+    t0, t1 = kelvin(0.5), kelvin(1.5)
+    pair = md.simulate(force_shifted_lj(), {}, lattice(3, 0.8, kind="sc"),
+                       temperature_kelvin=(t0, t1), **common)
+    fn = md.simulate(force_shifted_lj(), {}, lattice(3, 0.8, kind="sc"),
+                     temperature_kelvin=lambda s: t0 + (t1 - t0) * np.asarray(s, float) / 200,
+                     **common)
+    scalar = md.simulate(force_shifted_lj(), {}, lattice(3, 0.8, kind="sc"),
+                         temperature_kelvin=lambda s: t0 + (t1 - t0) * float(s) / 200
+                         if s < 1e9 else 0.0, **common)
+    for other in (fn, scalar):
+        np.testing.assert_allclose(other.log["temperature_k"], pair.log["temperature_k"],
+                                   rtol=1e-9)
+
+
+def test_observers_stop_and_trajectory_arrays(tmp_path):
+    """Observers see per-atom energies and forces inside the loop; stop ends at a block."""
+    import ase.io
+    from ase.build import bulk
+
+    from jaxpot.potential import forces as forces_of
+
+    pot = potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=7.0)
+    system = System.from_ase(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3))
+    params = pot.init(None, system)
+
+    def energies(state, out):
+        return {"atomic_sum": out.atomic["energy"].sum(), "atomic": out.atomic["energy"]}
+
+    def force_max(state, out):
+        return {"max_force": jnp.abs(out.forces).max()}
+
+    seen = []
+
+    def stop(state, observed):
+        seen.append(observed["step"].tolist())
+        return observed["step"][-1] >= 300
+
+    res = md.simulate(pot, params, system, dt_fs=5.0, temperature_kelvin=60.0, steps=1000,
+                      log_every=20, trajectory_every=40, observers=[energies, force_max],
+                      stop=stop, block_steps=100)
+    log = res.log
+    assert res.stopped and res.stop_step == 300 and res.steps_done == 300
+    assert seen == [list(range(20, 101, 20)), list(range(120, 201, 20)),
+                    list(range(220, 301, 20))]
+    np.testing.assert_array_equal(log["step"], np.arange(0, 301, 20))
+    assert log["atomic"].shape == (16, 108)
+    np.testing.assert_allclose(log["atomic_sum"], log["potential_energy_ev"], rtol=1e-10)
+    traj = res.trajectory
+    assert traj.positions.shape == (8, 108, 3) and traj.momenta.shape == (8, 108, 3)
+    assert traj.cells.shape == (8, 3, 3) and traj.step.tolist() == list(range(0, 300, 40))
+    ff = jax.jit(forces_of(pot))
+    for k in (0, 4, 7):  # observers against an independent host list at the frame positions
+        s = System.from_ase(res.frames[k], cutoff=pot.cutoff)
+        row = int(np.flatnonzero(log["step"] == traj.step[k])[0])
+        assert float(jnp.abs(ff(params, s)).max()) == pytest.approx(log["max_force"][row],
+                                                                    rel=1e-9)
+        assert float(pot.energy(params, s)) == pytest.approx(traj.potential_energy_ev[k],
+                                                             rel=1e-10)
+    assert np.ptp(log["max_force"]) > 0
+    frames = res.to_atoms()
+    np.testing.assert_allclose(frames[3].get_momenta(), traj.momenta[3])
+    assert frames[3].info["step"] == 120
+    res.write_trajectory(tmp_path / "md.extxyz")
+    back = ase.io.read(tmp_path / "md.extxyz", ":")
+    assert len(back) == 8
+    np.testing.assert_allclose(back[-1].positions, traj.positions[-1], atol=1e-6)
+
+
+def test_force_provider_drives_the_integrators():
+    from jaxpot.potential import energy_forces_stress
+
+    pot = force_shifted_lj()
+    system = lattice(3, 0.9)
+    nbrs = nb.allocate(system, RC, skin=0.3)
+    prov = md.provider(pot, {})
+    assert md.provider(prov) is prov
+    with pytest.raises(ValueError, match="already carries its params"):
+        md.provider(prov, {})
+    x = system.positions + 0.05 * jax.random.normal(jax.random.key(1), system.positions.shape)
+    out = jax.jit(lambda n, x: prov(system, n, x, stress=True))(nbrs, x)
+    e, f, sigma = energy_forces_stress(pot)({}, system.replace(positions=x).with_edges(RC))
+    assert float(out.energy) == pytest.approx(float(e), rel=1e-12)
+    np.testing.assert_allclose(out.forces, f, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out.stress, sigma, rtol=1e-10, atol=1e-12)
+    assert float(jnp.abs(out.forces).max()) > 0.1 and out.atomic == {}
+    assert prov.outputs == ()
+    states = []
+    for integ in (md.nve(pot, {}, 0.004), md.nve(prov, None, 0.004)):
+        s = integ.init(jax.random.key(0), system, nbrs, kT=1.0)
+        for _ in range(5):
+            s = jax.jit(integ.step)(s)
+        states.append(s)
+    np.testing.assert_array_equal(states[0].positions, states[1].positions)
+    assert float(states[0].kT) == 1.0 and float(states[0].pressure) == 0.0
