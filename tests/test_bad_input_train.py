@@ -134,6 +134,16 @@ def test_input_named_like_an_output_is_refused(files, tmp_path, capsys):
     assert data_as_model.read_bytes() == (files / "train.xyz").read_bytes()
 
 
+def test_valid_repeating_train_frames_warns(files, tmp_path, capsys):
+    frames = ase.io.read(files / "train.xyz", ":")[:2] + _images(1, seed=80)
+    ase.io.write(tmp_path / "valid.xyz", frames, format="extxyz")
+    argv = _train_argv(files, tmp_path / "run")
+    argv[argv.index("--valid") + 1] = str(tmp_path / "valid.xyz")
+    code, _, err = _run(capsys, argv)
+    assert code == 0
+    assert "2 of 3 validation structures repeat training structures" in err
+
+
 def test_valid_equal_to_train_warns(files, tmp_path, capsys):
     argv = _train_argv(files, tmp_path / "run")
     argv[argv.index("--valid") + 1] = str(files / "train.xyz")

@@ -59,6 +59,31 @@ def test_standardisation_and_round_trip(model):
                                                            abs=1e-12)
 
 
+def test_declared_protocol(model):
+    """BPNN declares species, per-atom energies and a data-dependent ``prepare`` on the
+    Potential (no attribute on the factory)."""
+    pot, params, s = model
+    assert pot.species == (29, 79) and pot.outputs == ("energy",) and pot.fit is None
+    assert not hasattr(bpnn, "prepare")
+    atomic = pot.atomic(params, s)["energy"]
+    assert float(jnp.sum(atomic)) == pytest.approx(float(pot.energy(params, s)), abs=1e-10)
+    assert np.ptp(np.asarray(atomic)) > 0
+    fresh = pot.init(jax.random.key(0), s)
+    assert float(jnp.abs(fresh["descriptor_std"] - 1.0).max()) == 0.0
+    prepared = pot.prepare(fresh, [_structure(k) for k in range(3)])
+    np.testing.assert_allclose(np.asarray(prepared["descriptor_mean"]),
+                               np.asarray(params["descriptor_mean"]), rtol=1e-10, atol=1e-12)
+
+
+def _structure(seed):
+    from jaxpot import data
+
+    a = _alloy(seed)
+    a.calc = EMT()
+    a.get_potential_energy()
+    return data.from_atoms([a], cutoff=CUTOFF)[0]
+
+
 def test_element_networks_differ():
     pot = bpnn(species=["Cu", "Au"], **OPTS)
     s = System.from_ase(_alloy(1), cutoff=CUTOFF)

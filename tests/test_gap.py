@@ -131,6 +131,45 @@ def test_variance_grows_far_from_data(fitted, data):
     assert float(jnp.mean(fv_far)) > 3 * float(jnp.mean(fv_near))
 
 
+def test_declared_protocol_atomic_energies_and_variances(fitted, data):
+    """The model protocol: GAP declares its species, a closed-form ``fit`` (no factory
+    attribute) and per-atom energies that sum to the energy, with per-atom variances that grow
+    far from the data."""
+    pot, params, _ = fitted
+    assert pot.species == (29,) and pot.fit is not None and pot.prepare is None
+    assert pot.outputs == ("energy", "variance") and not hasattr(type(pot), "train")
+    near = data[1][0].system()
+    far_atoms = _frames(1, rattle=0.35, seed=9)[0]
+    far_atoms.set_cell(far_atoms.cell * 0.93, scale_atoms=True)
+    far = System.from_ase(far_atoms, cutoff=CUTOFF)
+    at_near = pot.atomic(params, near)
+    at_far = pot.atomic(params, far)
+    for sy, at in ((near, at_near), (far, at_far)):
+        assert float(jnp.sum(at["energy"])) == pytest.approx(float(pot.energy(params, sy)),
+                                                             abs=1e-9)
+        assert np.ptp(np.asarray(at["energy"])) > 1e-4  # atoms really differ
+    v_near, v_far = np.asarray(at_near["variance"]), np.asarray(at_far["variance"])
+    assert np.all(v_near >= 0) and v_far.mean() > 3 * v_near.mean()
+    # each per-atom variance is at most the prior δ²
+    assert v_far.max() <= float(params["delta2"]) * (1 + 1e-9)
+
+
+def test_fit_through_the_protocol_leaves_global_x64_alone(data):
+    """``potential.fit`` (what ``jaxpot train --model gap`` calls) runs in float64 under a
+    scoped x64 and returns float64 host arrays; the global setting is untouched."""
+    from jaxpot.models.gap import gap
+
+    train, test = data
+    with jax.enable_x64(False):
+        pot, params, info = gap(n_sparse=12, optimize_noise=False, **SOAP).fit(
+            train, refs=None, deadline=None, verbose=False, seed=3)
+        assert not jax.config.jax_enable_x64
+    assert info.n_sparse == 12 and params["weights"].dtype == np.float64
+    assert isinstance(params["chol_a"], np.ndarray)
+    e = float(pot.energy(params, test[0].system()))
+    assert abs(e - test[0].energy) / test[0].n_atoms < 0.05
+
+
 def test_variance_ranks_force_errors(fitted, data):
     """Spearman correlation of predicted force std with actual |error| on held-out frames
     (gap_uncertainty_report), and the report's own figures checked against a direct count."""

@@ -58,7 +58,8 @@ class TrainConfig:
       seed: seed for the split, initialisation and shuffling.
       out: output directory.
       dtype: ``float32`` or ``float64``.
-      max_shapes: upper bound on padded batch shapes (= compilations per step function).
+      max_shapes: upper bound on padded batch shapes (= compilations per step function);
+        :func:`~jaxpot.train.loop.choose_shapes` takes fewer when they pad little more.
       progress: show a tqdm bar (default: only on a terminal and when ``CI`` is not set).
       plots: write PNG plots.
       keep_incomplete: with a time budget too short for one validation, still write the
