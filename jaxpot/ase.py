@@ -42,6 +42,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from jaxpot import neighbors
 from jaxpot.potential import Potential, atomic_outputs, check_species, energy_forces_stress
 from jaxpot.registry import factory, from_config
+from jaxpot.serialization import load_model
 from jaxpot.system import (
     System,
     bucket,
@@ -180,8 +181,6 @@ class Calculator(_AseCalculator):
     @classmethod
     def from_file(cls, path, **kwargs) -> Calculator:
         """A calculator for a model file written by :func:`jaxpot.save_model`."""
-        from jaxpot.serialization import load_model
-
         potential, params = load_model(path)
         return cls(potential, params, **kwargs)
 

@@ -654,6 +654,8 @@ def allocate(
     # Exact counts give the capacity: from the host list for the all-pairs method, from the
     # jitted cell-list candidates (O(N), exact) for the cell method, where the host O(N²) list
     # would take minutes at N ~ 10⁵.
+    if method == "brute":
+        _check_brute_size(n, int(np.prod(2 * _shift_range(cell, pbc, rc) + 1)), rc, pbc)
     if method == "brute" and real.shape[0]:
         r, _, _ = neighbor_list(real, cell, pbc, rc)
         max_count = int(np.bincount(r, minlength=real.shape[0]).max()) if r.size else 0
@@ -702,6 +704,21 @@ def allocate(
         spec=spec,
     )
     return _rebuild_jit(empty, system)
+
+
+_MAX_BRUTE_CANDIDATES = 1_000_000_000  # ~12 GB of float32 distance vectors
+
+
+def _check_brute_size(n: int, n_shifts: int, rc: float, pbc: np.ndarray) -> None:
+    """Refuse an all-pairs list whose candidate table could not fit in memory."""
+    candidates = n * n * n_shifts
+    if candidates > _MAX_BRUTE_CANDIDATES:
+        raise ValueError(
+            f"allocate: the all-pairs ('brute') list for {n} atoms over {n_shifts} periodic "
+            f"images (cutoff+skin {rc:.3g} Å, pbc={np.asarray(pbc).tolist()}) would compare "
+            f"{candidates:.3g} pairs (~{12 * candidates / 1e9:.0f} GB); the cell list needs "
+            "every periodic direction at least 3·(cutoff+skin) wide: use a larger supercell"
+        )
 
 
 def _cell_box(real, basis, pbc, periodic_bins, rc, skin, capacity_multiplier):

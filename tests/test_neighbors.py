@@ -733,3 +733,14 @@ def test_open_cell_list_for_a_spread_out_gas_caps_its_bins():
     reference = ase_edges(atoms, 5.0)
     assert len(reference) > 20
     assert jit_edges(nbrs, system) == reference
+
+
+def test_brute_list_too_large_for_memory_is_refused():
+    # 5000 atoms in a thin periodic slab (too thin for the cell list): 1.6e9 candidate pairs.
+    rng = _rng(12)
+    cell = np.diag([80.0, 80.0, 2.0])
+    atoms = ase.Atoms("Ar5000", positions=rng.uniform(0, 1, (5000, 3)) @ cell, cell=cell,
+                      pbc=True)
+    with pytest.raises(ValueError, match=r"5000 atoms over 63 periodic images.*19 GB"):
+        neighbors.allocate(System.from_arrays(atoms.positions, atoms.numbers, cell=cell,
+                                              pbc=True), 5.0)
