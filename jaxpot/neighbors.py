@@ -220,11 +220,15 @@ def neighbor_list(
         receivers = np.concatenate([receivers, own])
         senders = np.concatenate([senders, own])
         shifts = np.concatenate([shifts, np.zeros((n, 3))])
-    # One int64 key for (receiver, sender) keeps the sort cheap; shifts break the remaining ties
-    # so the order (and any float sum over edges) does not depend on the method or threads.
-    pair = receivers.astype(np.int64) * n + senders
-    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], pair))
+    order = _edge_order(receivers, senders, shifts, n)
     return receivers[order], senders[order], shifts[order]
+
+
+def _edge_order(receivers, senders, shifts, n: int) -> np.ndarray:
+    """Order by receiver, sender, then shift, so the list (and any float sum over its edges)
+    does not depend on the method or on threads."""
+    pair = receivers.astype(np.int64) * n + senders
+    return np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], pair))
 
 
 @functools.cache
