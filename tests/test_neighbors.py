@@ -744,3 +744,22 @@ def test_brute_list_too_large_for_memory_is_refused():
     with pytest.raises(ValueError, match=r"5000 atoms over 63 periodic images.*19 GB"):
         neighbors.allocate(System.from_arrays(atoms.positions, atoms.numbers, cell=cell,
                                               pbc=True), 5.0)
+
+
+def test_auto_uses_vesin_and_exact_is_the_fallback(monkeypatch):
+    atoms = triclinic(4)
+    args = (atoms.get_positions(), atoms.cell.array, atoms.pbc, 5.0)
+    reference = ase_edges(atoms, 5.0)
+
+    def no_exact(*a):
+        raise AssertionError("the O(N²) path ran")
+
+    with monkeypatch.context() as m:
+        m.setattr(neighbors, "_exact_list", no_exact)
+        assert _as_set(*neighbors.neighbor_list(*args)) == reference
+        system = System.from_ase(atoms, cutoff=5.0)  # structures are built through it too
+        assert _as_set(system.receivers, system.senders, system.shifts) == reference
+    monkeypatch.setattr(neighbors, "_vesin", lambda: None)  # vesin missing: exact path
+    assert _as_set(*neighbors.neighbor_list(*args)) == reference
+    with pytest.raises(ValueError, match="pip install vesin"):
+        neighbors.neighbor_list(*args, method="vesin")
