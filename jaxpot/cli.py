@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -475,8 +476,11 @@ def compile_cache_dir() -> str:
 def enable_compile_cache(enabled: bool | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache for this process.
 
-    Compiles that take over 0.1 s are stored (JAX's default, 1 s, misses most model and MD
-    compiles on a GPU); the cache is capped at 2 GiB (least recently used entries go first).
+    Every compile is stored, however short: JAX's default threshold (1 s) misses most model
+    and MD compiles on a GPU, and with any threshold, compiles near it are stored or not
+    depending on the machine's load, so a second identical run would still compile. When the
+    ``filelock`` package is installed the cache is capped at 2 GiB (least recently used entries
+    go first; JAX needs ``filelock`` for that).
 
     Args:
       enabled: False to leave the cache off; None reads ``JAXPOT_COMPILE_CACHE`` (``0`` = off).
@@ -500,8 +504,9 @@ def enable_compile_cache(enabled: bool | None = None) -> str | None:
         print(f"jaxpot: note: compilation cache off ({_one_line(err)})", file=sys.stderr)
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if importlib.util.find_spec("filelock") is not None:  # JAX needs it to evict old entries
+        jax.config.update("jax_compilation_cache_max_size", 2 * 1024**3)
     return directory
 
 

@@ -361,7 +361,7 @@ def test_compile_cache_on_by_default_and_off_switches(fresh_cache_config, monkey
     directory = cli.enable_compile_cache()
     assert directory == str(tmp_path / "xdg" / "jaxpot" / "jax") and os.path.isdir(directory)
     assert jax.config.jax_compilation_cache_dir == directory
-    assert jax.config.jax_persistent_cache_min_compile_time_secs <= 0.1
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     # a directory the user configured for JAX itself is kept
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
     assert cli.enable_compile_cache() == str(tmp_path / "mine")

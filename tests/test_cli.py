@@ -174,3 +174,20 @@ def test_md_summary_drift_is_a_linear_fit():
     assert s["mean_temperature_k"] == pytest.approx(300.0)
     assert cli.md_summary(log, n_atoms=10, ensemble="langevin")[
         "energy_drift_ev_per_atom_per_ps"] is None
+
+
+def test_persistent_compile_cache_subprocess(files, tmp_path):
+    """``jaxpot md`` fills its compilation cache; the same run again finds everything there
+    (no new entries) instead of compiling."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(CI="1", JAXPOT_COMPILE_CACHE_DIR=str(cache))
+    env.pop("JAXPOT_COMPILE_CACHE", None)
+    argv = [sys.executable, "-m", "jaxpot", "md", str(files["model"]), str(files["crystal"]),
+            "--steps", "20", "--log-every", "10", "--temperature", "40", "--dt", "5"]
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        counts.append(len(os.listdir(cache)))
+    assert counts[0] > 0 and counts[1] == counts[0], counts
