@@ -201,6 +201,10 @@ def neighbor_list(
         atom = int(np.flatnonzero(~np.all(np.isfinite(positions), axis=1))[0])
         raise ValueError(f"neighbor_list: position of atom {atom} is not finite "
                          f"({positions[atom].tolist()})")
+    if not np.all(np.isfinite(cell[pbc])):
+        raise ValueError(f"neighbor_list: cell has non-finite periodic rows: {cell.tolist()}")
+    if not (np.isfinite(cutoff) and cutoff >= 0):
+        raise ValueError(f"neighbor_list: cutoff must be a finite distance >= 0 Å, got {cutoff}")
     _check_cell(cell, pbc)
     _shift_range(cell, pbc, cutoff)  # refuses nearly flat cells before allocating anything
     n = positions.shape[0]

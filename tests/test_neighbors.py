@@ -668,11 +668,18 @@ def test_image_shift_cap_keeps_legitimate_small_cells():
         "i", ase.Atoms("Ar", cell=np.diag([3.0, 3.0, 1e-6]), pbc=[True, True, False]), 4.0))
 
 
-def test_non_finite_position_names_the_atom():
+def test_non_finite_inputs_are_named():
     pos = np.zeros((4, 3))
     pos[2, 1] = np.nan
     with pytest.raises(ValueError, match="atom 2"):
         neighbors.neighbor_list(pos, None, False, 3.0)
+    cell = np.eye(3) * 5.0
+    cell[1, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite periodic rows"):
+        neighbors.neighbor_list(np.zeros((1, 3)), cell, True, 3.0)
+    for cutoff in (np.nan, -1.0):
+        with pytest.raises(ValueError, match="cutoff"):
+            neighbors.neighbor_list(np.zeros((1, 3)), np.eye(3) * 5.0, True, cutoff)
 
 
 def _droplet(n=700, seed=8):
