@@ -400,6 +400,20 @@ def _initial(cfg: _Config, params, system, keeper, *, seed, kT0, momenta):
     return state, jax.device_get(obs)
 
 
+def _first_row(log: _Log, obs0: dict, schedule, system, *, ensemble, dt_fs, kelvin_max,
+               tolerance) -> StabilityMonitor:
+    """Log step 0 and build the blow-up monitor from it (reference energy and temperature)."""
+    mask = np.asarray(system.atom_mask, bool)
+    rows0 = log.add(np.zeros(1, np.int64), jax.tree.map(lambda a: np.asarray(a)[None], obs0),
+                    schedule(np.zeros(1)))
+    monitor = StabilityMonitor(
+        ensemble, int(mask.sum()), dt_fs, float(rows0["total_energy_ev"][0]),
+        max(kelvin_max, float(rows0["temperature_k"][0])) * units.kB,
+        float(np.asarray(system.masses, np.float64)[mask].min(initial=np.inf)), tolerance)
+    monitor.check(rows0["step"], rows0["potential_energy_ev"], rows0["kinetic_energy_ev"])
+    return monitor
+
+
 def _rate(n_real: int, steps: int, dt_fs: float, wall_s: float) -> tuple[float, float]:
     wall_s = max(wall_s, 1e-12)
     return n_real * steps / wall_s, steps * dt_fs * 1e-6 / wall_s * 86400.0
@@ -519,15 +533,8 @@ def simulate(
     state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta)
     log = _Log(dt_fs=dt_fs, dof=degrees_of_freedom(mask), volume=volume,
                trajectory_every=trajectory_every, system=system)
-    rows0 = log.add(np.zeros(1, np.int64), jax.tree.map(lambda a: np.asarray(a)[None], obs0),
-                    schedule(np.zeros(1)))
-    t_init = float(rows0["temperature_k"][0])
-    monitor = StabilityMonitor(
-        ensemble, int(mask.sum()), dt_fs, float(rows0["total_energy_ev"][0]),
-        max(kelvin_all_max, t_init) * units.kB,
-        float(np.asarray(system.masses, np.float64)[mask].min(initial=np.inf)),
-        max_energy_error_per_atom)
-    monitor.check(rows0["step"], rows0["potential_energy_ev"], rows0["kinetic_energy_ev"])
+    monitor = _first_row(log, obs0, schedule, system, ensemble=ensemble, dt_fs=dt_fs,
+                         kelvin_max=kelvin_all_max, tolerance=max_energy_error_per_atom)
     blocks = _Blocks(cfg, params)
     loop = _Loop(blocks, keeper, schedule, log, monitor, stop, system.positions.dtype)
     compile_s = time.perf_counter() - t0
