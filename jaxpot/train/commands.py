@@ -66,6 +66,8 @@ def _cmd_train(args) -> int:
         print(f"jaxpot train: error: {err}", file=sys.stderr)
         return 3
     summary = {k: result[k] for k in ("model", "best", "stop_reason", "epochs")}
+    summary["steps"] = result.get("n_steps")
+    summary["first_step_s"] = result.get("first_step_s")
     summary["wall_time_s"] = time.monotonic() - _T0
     print(json.dumps(summary, indent=2, default=float))
     return 0

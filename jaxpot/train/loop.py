@@ -83,6 +83,7 @@ class FitResult:
       n_steps: optimiser steps taken in this call.
       first_step_s: seconds from the start of :func:`fit` to the end of its first step
         (data loading, compilation), or None when no step was taken.
+      first_step_at: ``time.monotonic()`` at the end of the first step (or None).
     """
 
     params: Any
@@ -96,6 +97,7 @@ class FitResult:
     eval_time_s: float = 0.0
     n_steps: int = 0
     first_step_s: float | None = None
+    first_step_at: float | None = None
 
 
 def _progress_enabled(flag: bool | None) -> bool:
@@ -475,7 +477,9 @@ class _Trainer:
                          n_traces=self.train_step.n_traces - self.traces_before,
                          eval_step=self.eval_step, shapes=self.shapes,
                          eval_time_s=self.eval_estimate(), n_steps=self.n_steps,
-                         first_step_s=self.first_step_s)
+                         first_step_s=self.first_step_s,
+                         first_step_at=(None if self.first_step_s is None
+                                        else self.t_start + self.first_step_s))
 
 
 SHAPE_TOLERANCE = 0.05
@@ -625,7 +629,8 @@ def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = N
 
     Returns:
       ``{"model": path, "best": metrics, "stop_reason": ..., "epochs": n, "history": [...],
-      "n_traces", "n_steps", "first_step_s"}``.
+      "n_traces", "n_steps", "first_step_s"}`` (``first_step_s``: from ``t_start`` to the end
+      of the first optimiser step: reading, model set-up and compilation).
 
     Raises:
       ValueError: bad options or inputs, or an output directory that is not this run's.
@@ -775,8 +780,9 @@ def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
             budget: TimeBudget) -> dict:
     """Write the model (refusing an unvalidated one unless ``keep_incomplete``) and plots."""
     if result.best is None and not config.keep_incomplete:
-        first = ("no training step" if result.first_step_s is None else
-                 f"{result.n_steps} step(s), the first done {result.first_step_s:.0f} s in")
+        first = ("no training step" if result.first_step_at is None else
+                 f"{result.n_steps} step(s), the first done "
+                 f"{result.first_step_at - budget.start:.0f} s after the start")
         raise IncompleteTraining(
             f"no validation completed within the time budget ({config.time_budget_min} min: "
             f"{first}, {len(result.shapes)} batch shape(s) to compile); no model written. "
@@ -801,10 +807,12 @@ def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
     best = result.best or {}
     _log(f"stopped ({result.stop_reason}) after {len(result.history)} epoch(s), "
          f"{int(result.state.step)} steps; best epoch {best.get('epoch')}; model {model_path}; "
-         f"first step after {result.first_step_s or 0.0:.1f} s of fit, validation "
+         f"first step {(result.first_step_at or budget.start) - budget.start:.1f} s after "
+         f"the start, validation "
          f"{result.eval_time_s:.1f} s; {len(result.shapes)} batch shape(s); "
          f"{budget.elapsed():.1f} s")
     return {"model": model_path, "best": best, "stop_reason": result.stop_reason,
             "epochs": len(result.history), "history": result.history,
             "n_traces": result.n_traces, "n_steps": result.n_steps,
-            "first_step_s": result.first_step_s}
+            "first_step_s": (None if result.first_step_at is None
+                             else result.first_step_at - budget.start)}
