@@ -636,6 +636,7 @@ def allocate(
     Returns:
       A :class:`Neighbors` whose edges are already built for ``system.positions``.
     """
+    _check_options(cutoff, skin, capacity_multiplier, method, min_capacity)
     positions = np.asarray(system.positions, np.float64)
     cell = np.asarray(system.cell, np.float64)
     pbc = np.asarray(system.pbc, bool)
@@ -659,47 +660,16 @@ def allocate(
             f"direction; this cell allows {periodic_bins.tolist()}; use method='brute'"
         )
 
-    # Exact counts give the capacity: from the host list for the all-pairs method, from the
-    # jitted cell-list candidates (O(N), exact) for the cell method, where the host O(N²) list
-    # would take minutes at N ~ 10⁵.
-    if method == "brute":
-        _check_brute_size(n, int(np.prod(2 * _shift_range(cell, pbc, rc) + 1)), rc, pbc)
-    if method == "brute" and real.shape[0]:
-        r, _, _ = neighbor_list(real, cell, pbc, rc)
-        max_count = int(np.bincount(r, minlength=real.shape[0]).max()) if r.size else 0
-    else:
-        max_count = 0
-
-    def _capacity(count):
+    def capacity(count):
         return max(int(np.ceil(count * capacity_multiplier)) + 1, int(min_capacity), 1)
 
-    box = basis.copy()
-    origin = np.zeros(3)
+    options = dict(cutoff=float(cutoff), skin=float(skin),
+                   pbc=tuple(bool(p) for p in pbc))
     if method == "cell":
-        box, origin, grid = _cell_box(real, basis, pbc, periodic_bins, rc, skin,
-                                      capacity_multiplier)
-        frac = (real - origin) @ np.linalg.inv(box)
-        frac = frac - np.where(pbc, np.floor(frac), 0.0)
-        b3 = np.clip(np.floor(frac * grid).astype(int), 0, np.array(grid) - 1)
-        flat = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
-        occupancy = int(np.bincount(flat).max()) if flat.size else 1
-        spec = NeighborSpec(
-            cutoff=float(cutoff), skin=float(skin), max_neighbors=1, method="cell",
-            pbc=tuple(bool(p) for p in pbc), grid=tuple(grid),
-            bin_capacity=int(np.ceil(occupancy * capacity_multiplier)) + 1,
-            box=tuple(map(tuple, box.tolist())), origin=tuple(origin.tolist()),
-        )
-        if real.shape[0]:
-            max_count = int(_max_count_jit(spec, system))
-        spec = dataclasses.replace(spec, max_neighbors=_capacity(max_count))
+        spec = _cell_spec(system, real, basis, periodic_bins, capacity_multiplier, capacity,
+                          options)
     else:
-        shifts = _shift_vectors(_shift_range(cell, pbc, rc))
-        spec = NeighborSpec(
-            cutoff=float(cutoff), skin=float(skin), max_neighbors=_capacity(max_count),
-            method="brute",
-            pbc=tuple(bool(p) for p in pbc), shifts=tuple(map(tuple, shifts.tolist())),
-            box=tuple(map(tuple, basis.tolist())),
-        )
+        spec = _brute_spec(n, real, cell, basis, capacity, options)
     dtype = jnp.asarray(system.positions).dtype
     m = spec.max_neighbors
     empty = Neighbors(
@@ -712,6 +682,57 @@ def allocate(
         spec=spec,
     )
     return _rebuild_jit(empty, system)
+
+
+def _check_options(cutoff, skin, capacity_multiplier, method, min_capacity) -> None:
+    """Refuse options that would give a silently wrong or useless list, naming the option."""
+    if not (np.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"allocate: cutoff must be a finite distance > 0 Å, got {cutoff!r}")
+    if not (np.isfinite(skin) and skin >= 0):
+        raise ValueError(f"allocate: skin must be a finite distance >= 0 Å, got {skin!r}")
+    if not (np.isfinite(capacity_multiplier) and capacity_multiplier >= 1):
+        raise ValueError(f"allocate: capacity_multiplier must be >= 1, got "
+                         f"{capacity_multiplier!r}")
+    if method not in ("auto", "brute", "cell"):
+        raise ValueError(f"allocate: method must be 'auto', 'brute' or 'cell', got {method!r}")
+    if int(min_capacity) != min_capacity or min_capacity < 0:
+        raise ValueError(f"allocate: min_capacity must be an integer >= 0, got {min_capacity!r}")
+
+
+def _brute_spec(n, real, cell, basis, capacity, options) -> NeighborSpec:
+    """All-pairs spec; the capacity comes from the exact host list of the real atoms."""
+    pbc = np.asarray(options["pbc"])
+    rc = options["cutoff"] + options["skin"]
+    shifts = _shift_vectors(_shift_range(cell, pbc, rc))
+    _check_brute_size(n, shifts.shape[0], rc, pbc)
+    max_count = 0
+    if real.shape[0]:
+        r, _, _ = neighbor_list(real, cell, pbc, rc)
+        max_count = int(np.bincount(r, minlength=real.shape[0]).max()) if r.size else 0
+    return NeighborSpec(max_neighbors=capacity(max_count), method="brute",
+                        shifts=tuple(map(tuple, shifts.tolist())),
+                        box=tuple(map(tuple, basis.tolist())), **options)
+
+
+def _cell_spec(system, real, basis, periodic_bins, capacity_multiplier, capacity,
+               options) -> NeighborSpec:
+    """Cell-list spec; the capacity comes from exact counts of the jitted candidates (O(N);
+    the host O(N²) list would take minutes at N ~ 10⁵)."""
+    pbc = np.asarray(options["pbc"])
+    rc = options["cutoff"] + options["skin"]
+    box, origin, grid = _cell_box(real, basis, pbc, periodic_bins, rc, options["skin"],
+                                  capacity_multiplier)
+    frac = (real - origin) @ np.linalg.inv(box)
+    frac = frac - np.where(pbc, np.floor(frac), 0.0)
+    b3 = np.clip(np.floor(frac * grid).astype(int), 0, np.array(grid) - 1)
+    flat = (b3[:, 0] * grid[1] + b3[:, 1]) * grid[2] + b3[:, 2]
+    occupancy = int(np.bincount(flat).max()) if flat.size else 1
+    spec = NeighborSpec(
+        max_neighbors=1, method="cell", grid=tuple(grid),
+        bin_capacity=int(np.ceil(occupancy * capacity_multiplier)) + 1,
+        box=tuple(map(tuple, box.tolist())), origin=tuple(origin.tolist()), **options)
+    max_count = int(_max_count_jit(spec, system)) if real.shape[0] else 0
+    return dataclasses.replace(spec, max_neighbors=capacity(max_count))
 
 
 _MAX_BRUTE_CANDIDATES = 1_000_000_000  # ~12 GB of float32 distance vectors

@@ -770,3 +770,16 @@ def test_auto_uses_vesin_and_exact_is_the_fallback(monkeypatch):
     assert _as_set(*neighbors.neighbor_list(*args)) == reference
     with pytest.raises(ValueError, match="pip install vesin"):
         neighbors.neighbor_list(*args, method="vesin")
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("cutoff", -1.0, "cutoff"), ("cutoff", np.nan, "cutoff"), ("skin", -0.1, "skin"),
+    ("skin", np.inf, "skin"), ("capacity_multiplier", 0.5, "capacity_multiplier"),
+    ("method", "cells", "method"), ("min_capacity", -3, "min_capacity"),
+    ("min_capacity", 2.5, "min_capacity"),
+])
+def test_allocate_names_a_bad_option(option, value, match):
+    system = System.from_ase(triclinic(0))
+    kwargs = {"cutoff": 4.0, option: value}
+    with pytest.raises(ValueError, match=match):
+        neighbors.allocate(system, kwargs.pop("cutoff"), **kwargs)
