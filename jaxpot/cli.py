@@ -476,9 +476,12 @@ def compile_cache_dir() -> str:
 def enable_compile_cache(enabled: bool | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache for this process.
 
-    Every compile is stored, however short: JAX's default threshold (1 s) misses most model
-    and MD compiles on a GPU, and with any threshold, compiles near it are stored or not
-    depending on the machine's load, so a second identical run would still compile. When the
+    Every compile is stored, however short: JAX's default threshold (1 s) skips the many short
+    compiles (eager operations, small blocks) that together take seconds, and with any
+    threshold, compiles near it are stored or not depending on the machine's load, so a second
+    identical run would still compile. Measured on a loaded 2-core CPU, ``jaxpot md`` with a
+    small NequIP model (32 Cu atoms, 200 steps) spends 3.5-4.6 s compiling with a warm cache
+    against 19-21 s without one (wall time 12-17 s against 38-39 s). When the
     ``filelock`` package is installed the cache is capped at 2 GiB (least recently used entries
     go first; JAX needs ``filelock`` for that).
 
