@@ -249,6 +249,13 @@ def test_diverging_lr_is_a_clear_error_with_the_last_good_checkpoint(toy, tmp_pa
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(res.params))
 
 
+def test_fit_without_validation_structures_is_refused(toy):
+    pot, params, tr, _, st = toy
+    cfg = train.TrainConfig(epochs=1, batch_size=3, progress=False, dtype="float64")
+    with pytest.raises(ValueError, match="no validation structures"):
+        train.fit(pot, params, tr, data.Dataset([], CUTOFF), cfg, stats=st)
+
+
 def test_diverging_cli_run_exits_3_without_traceback(files, tmp_path, capsys):
     code, _, err = _run(capsys, _train_argv(files, tmp_path / "run", "--lr", "10000",
                                             "--epochs", "3"))

@@ -202,6 +202,11 @@ def test_time_budget_bounds_the_run(datasets):
     # Slack for one mis-estimated step on a loaded machine (the loop stops on estimates).
     assert elapsed < budget_s + 2.5, elapsed
     assert int(res.state.step) > 0
+    # The budget kept room for validating the last EMA parameters: the result is validated,
+    # and training ran past the last whole epoch (up to the budget, not to an epoch boundary).
+    assert res.best is not None and np.isfinite(res.best["loss"])
+    steps_per_epoch = -(-len(tr) // cfg.batch_size)
+    assert int(res.state.step) > steps_per_epoch * len(res.history)
     assert all(np.isfinite(np.asarray(x)) for x in jax.tree.leaves(res.params))
 
 

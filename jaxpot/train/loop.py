@@ -206,6 +206,9 @@ class _Trainer:
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError("dtype float64 needs 64-bit JAX: run inside `with "
                              "jax.enable_x64(True):` or set jax_enable_x64 at start-up")
+        for name, ds in (("training", train_data), ("validation", valid_data)):
+            if len(ds) == 0:
+                raise ValueError(f"no {name} structures: fit needs at least one")
         self.potential, self.config, self.budget = potential, config, budget
         self.ckpt, self.reserve_s, self.place = checkpointer, float(reserve_s), place
         dtype = jax.numpy.dtype(config.dtype)
@@ -389,7 +392,7 @@ class _Trainer:
         """Validation metrics of the EMA params, or None if the budget ran out meanwhile."""
         t0 = time.monotonic()
         limit = (None if not self.budget.limited
-                 else self.budget.deadline - self.ckpt.seconds - self.reserve_s)
+                 else self.budget.deadline - 2.0 * self.ckpt.seconds - self.reserve_s)
         m = evaluate(self.potential, self.state.ema_params, self.vloader, weights=self.weights,
                      eval_step=self.eval_step, deadline=limit, nonfinite="keep")
         if m is None:
