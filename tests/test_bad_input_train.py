@@ -122,6 +122,18 @@ def test_user_files_in_out_dir_are_never_overwritten(files, tmp_path, capsys):
     assert (out / "metrics.csv").read_text() == "a,b\n1,2\n"
 
 
+def test_run_of_an_older_jaxpot_needs_restart(files, tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    old_config = train.TrainConfig(train="x.xyz", model="morse", out=str(out)).to_dict()
+    (out / "config.json").write_text(json.dumps(old_config))
+    code, _, err = _run(capsys, _train_argv(files, out))
+    assert code == 2 and "older jaxpot" in err and "--restart" in err
+    assert json.loads((out / "config.json").read_text()) == old_config
+    assert _run(capsys, _train_argv(files, out, "--restart"))[0] == 0
+    assert json.loads((out / "config.json").read_text())["model_kwargs"]["D"] == 0.3
+
+
 def test_input_named_like_an_output_is_refused(files, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -81,6 +81,16 @@ def _read_manifest(out: str) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == "jaxpot-train-run" else None
 
 
+def _older_jaxpot_run(out: str) -> bool:
+    """True when ``out/config.json`` is a ``jaxpot train`` config (runs before ``run.json``)."""
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"train", "model", "out", "batch_size"} <= set(data)
+
+
 def claim_out_dir(out: str, config, fp: dict, *, restart: bool) -> bool:
     """Check that ``out`` may receive this run's files, then record the run in ``run.json``.
 
@@ -100,6 +110,8 @@ def claim_out_dir(out: str, config, fp: dict, *, restart: bool) -> bool:
                                  "be overwritten; move the input or choose another --out")
     present = [n for n in OUTPUTS if os.path.exists(os.path.join(out, n))]
     manifest = _read_manifest(out)
+    if present and manifest is None and _older_jaxpot_run(out):
+        manifest = {"fingerprint": None}  # a run of an older jaxpot: no fingerprint to match
     if present and manifest is None:
         raise ValueError(f"{out} already holds {', '.join(present)}, not from a jaxpot train "
                          "run (no run.json); they would be overwritten: choose another --out "
@@ -108,7 +120,7 @@ def claim_out_dir(out: str, config, fp: dict, *, restart: bool) -> bool:
     if present and not same and not restart:
         diff = fingerprint_differences(manifest.get("fingerprint"), fp)
         raise ValueError(f"{out} holds the files of a different jaxpot train run "
-                         f"({'; '.join(d.replace('checkpoint', 'earlier run') for d in diff)}); "
+                         f"({'; '.join(d.replace('the checkpoint', 'that run') for d in diff)}); "
                          "use --restart to overwrite them, or another --out")
     os.makedirs(out, exist_ok=True)
     atomic_write_bytes(os.path.join(out, MANIFEST), json.dumps(
