@@ -294,7 +294,11 @@ def bpnn(config: BPNNConfig | dict | None = None, **overrides) -> Potential:
 
     Returns:
       A :class:`~jaxpot.Potential` whose ``energy(params, system)`` is Σ atomic energies in eV
-      (jit/vmap/grad compatible); ``config = {"name": "bpnn", "kwargs": {...}}``.
+      (jit/vmap/grad compatible); ``config = {"name": "bpnn", "kwargs": {...}}``. Model
+      protocol: ``species`` (atomic numbers), ``atomic(params, system)`` →
+      ``{"energy": [n_atoms] eV}``, and ``prepare(params, train_set)`` → params with the
+      descriptor standardisation fitted on the training structures (:func:`prepare`), which
+      :func:`jaxpot.train.train` runs once before gradient training.
 
     Example:
       >>> from ase.build import bulk

@@ -285,6 +285,13 @@ def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
       Params: ``sparse_descriptors [M, F]``, ``sparse_species [M]`` (atomic numbers),
       ``weights [M]`` (eV), ``atomic_shift [S]`` (eV), ``chol_kmm``/``chol_a [M, M]`` (Cholesky
       factors of ``K_MM`` and ``A``) and ``delta2`` (δ², eV²).
+
+      Model protocol: ``species`` (atomic numbers of the config), ``atomic(params, system)``
+      → ``{"energy": [n_atoms] eV, "variance": [n_atoms] eV²}`` (posterior mean and latent
+      variance of each atomic energy), and the closed-form
+      ``fit(structures, *, refs=None, deadline=None, verbose=False, seed=None)`` →
+      ``(potential, params, info)`` (:func:`fit_gap` with this config), which
+      :func:`jaxpot.train.train` runs instead of gradient training.
     """
     cfg = _make(config, overrides)
     kern = _Kernel(cfg)
