@@ -556,3 +556,23 @@ def test_nearly_flat_cell_is_refused_by_the_calculator():
         atoms.get_potential_energy()
     with pytest.raises(ValueError, match="skin"):
         Calculator(lennard_jones(**LJ), skin=-1.0)
+
+
+def _energy_in_worker(atoms):
+    return atoms.get_potential_energy()
+
+
+@pytest.mark.slow
+def test_atoms_with_the_calculator_cross_a_process_boundary():
+    """multiprocessing (spawn) pickles Atoms with their calculator to a fresh interpreter."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    atoms = _argon(seed=11)
+    atoms.calc = Calculator(lennard_jones(**LJ))
+    expected = atoms.get_potential_energy()
+    atoms.calc.results = {}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        energy = pool.submit(_energy_in_worker, atoms).result(timeout=300)
+    # The worker runs in JAX's default float32 (no conftest there): float32 agreement.
+    assert energy == pytest.approx(expected, rel=1e-5)
