@@ -6,8 +6,11 @@ Two paths share one convention (DESIGN.md): an edge has a receiver ``i`` (the ce
 including cells smaller than twice the cutoff, where an atom sees several images of the same
 neighbour and images of itself.
 
-* :func:`neighbor_list` runs on the host with NumPy and returns the exact list (used to build
-  training data and as the reference for the jitted path).
+* :func:`neighbor_list` runs on the host and returns the exact list (used to build training
+  data, by ``System.from_ase`` and by the ASE calculator, and as the reference for the jitted
+  path): the cell list of the ``vesin`` library (O(N)), or jaxpot's own all-pairs loop over
+  image shifts (``method="exact"``, O(N²)); both are cross-tested against ASE. Periodic cells
+  so thin that more than 100 000 images would be needed (a nearly flat cell) are refused.
 * :func:`allocate` + :func:`update` are for simulations. ``allocate`` (host) measures the
   system, chooses a method (all-pairs over a static set of image shifts for small systems, a
   cell list whose cost grows linearly with N for large ones) and a capacity. ``update`` is
