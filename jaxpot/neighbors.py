@@ -631,13 +631,22 @@ def allocate(
       cutoff: interaction cutoff, Å.
       skin: Verlet skin, Å; pairs within ``cutoff + skin`` are kept and the list is rebuilt when
         an atom has moved more than ``skin / 2``.
-      capacity_multiplier: head-room on the measured neighbour count (and bin occupancy).
+      capacity_multiplier: head-room (>= 1) on the measured neighbour count and bin
+        occupancy; for a cell list along non-periodic directions also the margin of the
+        binning box, ``capacity_multiplier - 1`` times the atoms' extent on each side (at least
+        ``cutoff + skin``), so a reallocation with a larger multiplier after an overflow (an
+        evaporating droplet, a hot gas) gets a larger box.
       method: ``"brute"`` (all pairs over image shifts, O(N²)), ``"cell"`` (cell list, O(N)),
         or ``"auto"`` (cell list when N > 512 and every periodic direction holds 3 bins).
       min_capacity: lower bound on ``max_neighbors`` (used when growing after an overflow).
 
     Returns:
       A :class:`Neighbors` whose edges are already built for ``system.positions``.
+
+    Raises:
+      ValueError: a bad option (naming it), a singular or nearly flat periodic cell, a cell
+        list asked for a cell narrower than 3·(cutoff + skin), or an all-pairs list too large
+        for memory.
     """
     _check_options(cutoff, skin, capacity_multiplier, method, min_capacity)
     positions = np.asarray(system.positions, np.float64)
