@@ -220,7 +220,13 @@ def _load_md_inputs(args):
         raise ValueError(f"{where}: atom {i} ({atoms[i].symbol}) has mass {masses[i]} amu; "
                          f"masses must be positive ({wrong.size} atom(s) affected)")
     check_species(potential, atoms.get_atomic_numbers(), where=where)
-    system = System.from_ase(atoms, where=where)
+    cutoff = float(potential.cutoff) if potential.cutoff and potential.cutoff > 0 else None
+    try:  # with the cutoff: overlapping atoms and degenerate cells are refused here, by name
+        system = System.from_ase(atoms, cutoff=cutoff, where=where)
+    except ValueError as err:
+        if where in str(err):
+            raise
+        raise ValueError(f"{where}: {err}") from None
     return potential, params, atoms, system
 
 

@@ -433,3 +433,98 @@ def test_demo_reuses_its_own_folder(tmp_path):
     a_file.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         demo._claim_output_folder(a_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure and model files that cannot run, each refused before any compilation
+# ---------------------------------------------------------------------------------------------
+
+_STRUCTURES = {
+    "overlap": ("2\nLattice=\"10 0 0 0 10 0 0 0 10\" pbc=\"T T T\"\nAr 0 0 0\nAr 0.05 0 0\n",
+                "atoms 0 and 1 overlap (distance 0.0500 Å"),
+    "flat_cell": ("2\nLattice=\"10 0 0 0 10 0 0 0 1e-6\" pbc=\"T T T\"\nAr 0 0 0\nAr 3.5 0 0\n",
+                  "1e-06 Å thick along lattice vector 2"),
+    "inf_position": ("2\nProperties=species:S:1:pos:R:3\nAr 0 0 0\nAr inf 0 0\n",
+                     "non-finite position for atom 1"),
+    "no_atoms": ("0\n\n", "empty structure"),
+    "empty_file": ("", "cannot read"),
+    "garbage": (b"\x00\x82\xff binary junk \x01" * 20, "cannot read"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_STRUCTURES))
+def test_md_structures_that_cannot_run(inputs, capsys, name):
+    content, expected = _STRUCTURES[name]
+    path = inputs["dir"] / f"{name}.xyz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    log = inputs["dir"] / f"{name}.csv"
+    line = _run(_md(inputs, "--log", log, structure=path), capsys)
+    assert str(path) in line and expected in line, line
+    assert not log.exists()
+
+
+def _tampered_model(inputs, name, edit):
+    """A copy of the argon model whose config or params ``edit`` changes (checksum redone)."""
+    import hashlib
+
+    import msgpack
+
+    outer = msgpack.unpackb(inputs["model"].read_bytes(), raw=False)
+    inner = msgpack.unpackb(outer["payload"], raw=False)
+    config = json.loads(inner["config"])
+    edit(config, inner["params"])
+    inner["config"] = json.dumps(config)
+    outer["payload"] = msgpack.packb(inner, use_bin_type=True)
+    outer["sha256"] = hashlib.sha256(outer["payload"]).hexdigest()
+    path = inputs["dir"] / f"{name}.jaxpot"
+    path.write_bytes(msgpack.packb(outer, use_bin_type=True))
+    return path
+
+
+def _set(mapping, key, value):
+    mapping[key] = value
+
+
+_MODELS = {
+    "unknown_family": (lambda c, p: _set(c, "name", "no_such_family"),
+                       "unknown potential 'no_such_family'"),
+    "bad_kwarg": (lambda c, p: _set(c["kwargs"], "colour", "blue"), "cannot rebuild"),
+    "kwargs_not_dict": (lambda c, p: _set(c, "kwargs", [1, 2]), "'kwargs' must be a dict"),
+    "missing_param": (lambda c, p: p.pop("sigma"), "params['sigma'] is missing"),
+    "misshaped_param": (lambda c, p: _set(p, "epsilon", {**p["epsilon"], "shape": [1, 1]}),
+                        "params['epsilon'] has shape (1, 1), expected ()"),
+    "extra_param": (lambda c, p: _set(p, "gamma", p["sigma"]),
+                    "params['gamma'] is not a parameter of this model"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MODELS))
+def test_md_model_files_that_cannot_run(inputs, capsys, name):
+    edit, expected = _MODELS[name]
+    path = _tampered_model(inputs, name, edit)
+    line = _run(_md(inputs, model=path), capsys)
+    assert str(path) in line and expected in line, line
+
+
+@pytest.mark.parametrize("extra", [
+    ["--steps", "1.5"], ["--dt", "abc"], ["--ensemble", "npt"], ["--bogus"],
+    ["--temperature"], ["--log-every", "ten"],
+])
+def test_md_usage_errors_exit_2(inputs, capsys, extra):
+    with pytest.raises(SystemExit) as err:
+        cli.main([str(a) for a in _md(inputs, *extra)])
+    assert err.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: jaxpot" in err and "Traceback" not in err
+    assert (extra[0] in err) or ("abc" in err) or ("ten" in err), err
+
+
+def test_md_missing_positional_and_unknown_command(capsys):
+    for argv in (["md"], ["md", "only_model.jaxpot"], ["nonsense"], []):
+        with pytest.raises(SystemExit) as err:
+            cli.main(argv)
+        assert err.value.code == 2, argv
+    assert "usage: jaxpot" in capsys.readouterr().err
