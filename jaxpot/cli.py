@@ -72,20 +72,33 @@ magnitude smaller (see :func:`_md_failure`)."""
 
 
 def _cmd_info(args) -> int:
-    from jaxpot.serialization import read_model_info
+    """Print the header; then rebuild the model and check its params (exit 2 if they do not
+    fit, after printing what the file holds)."""
+    from jaxpot.serialization import load_model, read_model_info
 
     info = read_model_info(args.model)
     if args.params:
         out = info
     else:
         out = {k: v for k, v in info.items() if k != "params_shapes"}
+    try:
+        load_model(args.model)
+        problem = None
+    except ValueError as err:
+        problem = _one_line(err)
+    out["check"] = "ok" if problem is None else problem
     print(json.dumps(out, indent=2, sort_keys=True))
+    if problem is not None:
+        raise ValueError(problem)
     return 0
 
 
 def _add_info(subparsers) -> None:
-    p = subparsers.add_parser("info", help="print a model file's config as JSON",
-                              description="Print a model file's config (and versions) as JSON.")
+    p = subparsers.add_parser(
+        "info", help="print a model file's config as JSON and check that it loads",
+        description="Print a model file's config (and versions) as JSON, then rebuild the "
+                    "model and check its parameter arrays against it (\"check\": \"ok\", "
+                    "or the problem and exit code 2).")
     p.add_argument("model", metavar="MODEL", help="model file written by jaxpot.save_model")
     p.add_argument("--params", action="store_true",
                    help="also list the parameter arrays' dtypes and shapes")

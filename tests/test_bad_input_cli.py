@@ -528,3 +528,16 @@ def test_md_missing_positional_and_unknown_command(capsys):
             cli.main(argv)
         assert err.value.code == 2, argv
     assert "usage: jaxpot" in capsys.readouterr().err
+
+
+def test_info_shows_a_file_whose_params_do_not_fit(inputs, capsys):
+    path = _tampered_model(inputs, "info_misshaped",
+                           lambda c, p: _set(p, "sigma", {**p["sigma"], "shape": [1]}))
+    assert cli.main(["info", str(path)]) == 2
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out)  # what the file holds is still shown
+    assert shown["config"]["name"] == "lennard_jones"
+    assert "params['sigma'] has shape (1,), expected ()" in shown["check"]
+    assert captured.err.startswith("jaxpot info: error: ") and str(path) in captured.err
+    assert cli.main(["info", str(inputs["model"])]) == 0
+    assert json.loads(capsys.readouterr().out)["check"] == "ok"
