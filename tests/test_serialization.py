@@ -362,3 +362,62 @@ def test_nonfinite_params_named():
               "d": [np.array(np.inf, np.float32)]}
     assert serialization.nonfinite_params(params) == ["params['b']['c']", "params['d'][0]"]
     assert serialization.nonfinite_params({"a": np.ones(2)}) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# jaxpot.files: the one place for atomic writes, CSV tables and input/output checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_write_csv_exact_and_atomic(tmp_path):
+    import csv
+
+    from jaxpot import files
+
+    path = tmp_path / "t.csv"
+    x = 0.1 + 0.2  # needs all 17 digits to round-trip
+    files.write_csv(path, ["step", "e", "note"], [[0, x, None], [10, np.float32(1.5), "a,b"]])
+    rows = list(csv.reader(open(path, newline="")))
+    assert rows == [["step", "e", "note"], ["0", repr(x), ""], ["10", "1.5", "a,b"]]
+    assert float(rows[1][1]) == x
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"row 1 has 2 cells, the header"):
+        files.write_csv(path, ["a", "b", "c"], [[1, 2, 3], [1, 2]])
+    assert path.read_bytes() == before  # the failed write left the old table
+    assert sorted(os.listdir(tmp_path)) == ["t.csv"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        files.write_csv(tmp_path / "new" / "t.csv", ["a"], [[1]])
+    files.write_csv(tmp_path / "new" / "t.csv", ["a"], [[1]], make_dirs=True)
+    assert (tmp_path / "new" / "t.csv").read_text() == "a\n1\n"
+
+
+def test_append_csv_row_refuses_other_columns(tmp_path):
+    from jaxpot import files
+
+    path = tmp_path / "metrics.csv"
+    files.append_csv_row(path, {"epoch": 1, "loss": 0.5, "ignored": 3}, ["epoch", "loss"])
+    files.append_csv_row(path, {"epoch": 2}, ["epoch", "loss"])
+    assert path.read_text() == "epoch,loss\n1,0.5\n2,\n"
+    with pytest.raises(ValueError, match="differs from the columns") as err:
+        files.append_csv_row(path, {"epoch": 3}, ["epoch", "lr", "loss"])
+    assert str(path) in str(err.value)
+    assert path.read_text() == "epoch,loss\n1,0.5\n2,\n"
+
+
+def test_atomic_write_modes_and_same_file(tmp_path):
+    from jaxpot import files
+
+    with pytest.raises(ValueError, match="mode"):
+        with files.atomic_write(tmp_path / "x", "a"):
+            pass
+    files.atomic_write_bytes(tmp_path / "b", b"\x00\x01")
+    files.atomic_write_text(tmp_path / "t", "é\n")
+    assert (tmp_path / "b").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "t").read_bytes() == "é\n".encode()
+    os.symlink(tmp_path / "t", tmp_path / "link")
+    os.link(tmp_path / "b", tmp_path / "hard")
+    assert files.same_file(tmp_path / "link", tmp_path / "t")
+    assert files.same_file(tmp_path / "hard", tmp_path / "b")
+    assert not files.same_file(tmp_path / "t", tmp_path / "b")
+    assert files.same_file(tmp_path / "sub" / ".." / "new", tmp_path / "new")  # neither exists
+    assert not files.same_file(tmp_path / "new", tmp_path / "new2")
