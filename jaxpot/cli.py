@@ -181,6 +181,8 @@ def _check_md_options(args) -> None:
                               ("--friction", args.friction, "1/fs")):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number of {unit}, got {value}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
     if args.traj_every is not None and args.traj_every % args.log_every:
         raise ValueError(f"--traj-every ({args.traj_every}) must be a multiple of --log-every "
                          f"({args.log_every})")
@@ -574,7 +576,16 @@ def main(argv: list[str] | None = None) -> int:
       re-raises instead, with the traceback). ``argparse`` usage errors exit with code 2
       through ``SystemExit``.
     """
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except Exception as err:  # a broken subcommand module: a bug, still one line
+        raw = sys.argv[1:] if argv is None else argv
+        if "--debug" in raw or _env_on("JAXPOT_DEBUG"):
+            raise
+        print(f"jaxpot: internal error: a subcommand module does not import: "
+              f"{type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or _env_on("JAXPOT_DEBUG")
     command = f"jaxpot {args.command}"

@@ -151,6 +151,10 @@ def test_md_output_path_problems(inputs, capsys):
     ("--steps", "0", "--steps must be a positive number, got 0"),
     ("--log-every", "0", "--log-every must be a positive number, got 0"),
     ("--friction", "-0.01", "--friction must be a non-negative number of 1/fs"),
+    ("--friction", "nan", "--friction must be a non-negative number of 1/fs"),
+    ("--seed", "-1", "--seed must be an integer from 0 to 4294967295, got -1"),
+    ("--seed", str(2**70), "--seed must be an integer from 0 to 4294967295"),
+    ("--log-every", "-5", "--log-every must be a positive number, got -5"),
 ])
 def test_md_bad_options(inputs, capsys, option, value, expected):
     log = inputs["dir"] / "never.csv"
@@ -541,3 +545,16 @@ def test_info_shows_a_file_whose_params_do_not_fit(inputs, capsys):
     assert captured.err.startswith("jaxpot info: error: ") and str(path) in captured.err
     assert cli.main(["info", str(inputs["model"])]) == 0
     assert json.loads(capsys.readouterr().out)["check"] == "ok"
+
+
+def test_broken_subcommand_module_is_one_line(monkeypatch, tmp_path, capsys):
+    (tmp_path / "broken_cmd_mod.py").write_text("import no_such_dependency_of_a_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGINS", (*cli.PLUGINS, "broken_cmd_mod"))
+    monkeypatch.delenv("JAXPOT_DEBUG", raising=False)
+    assert cli.main(["info", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxpot: internal error: a subcommand module does not import")
+    assert "no_such_dependency_of_a_plugin" in err and "Traceback" not in err
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["--debug", "info", "x"])
