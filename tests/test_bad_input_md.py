@@ -194,7 +194,7 @@ def test_nve_blowup_with_finite_energies_raises_with_the_time_step_as_cause():
 def test_the_same_run_at_a_sane_time_step_passes():
     res = run(system=argon(3), dt_fs=5.0, steps=400, log_every=10)
     e = res.log["total_energy_ev"]
-    assert np.abs(e - e[0]).max() / 108 < 1e-4  # far inside the 0.01 eV/atom threshold
+    assert np.abs(e - e[0]).max() / 108 < 1e-4  # far inside the 5 meV/atom threshold
 
 
 def test_langevin_blowup_is_caught_by_the_temperature():
@@ -273,26 +273,26 @@ def test_regrow_grows_the_capacity_past_what_was_needed():
 
 
 def test_hot_gas_leaving_an_open_cell_list_box_is_followed():
-    """A 125-atom argon droplet at 5000 K on a non-periodic cell list: it flies apart.
+    """A 64-atom argon droplet at 3000 K on a non-periodic cell list: it flies apart.
 
     Atoms leave the box the list was allocated for; the run reallocates (box measured again
     from the current extent, blocks split if needed) instead of aborting, and every logged
     energy equals the energy on an exact host list at those positions.
     """
-    g = np.arange(5) * 3.8
+    g = np.arange(4) * 3.8
     pos = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     n = pos.shape[0]
     system = System.from_arrays(pos, np.full(n, 18), cell=np.zeros((3, 3)), pbc=False)
     res = md.simulate(LJ, LJ.init(None, system), system, dt_fs=5.0,
-                      temperature_kelvin=5000.0, steps=600, log_every=20, trajectory_every=20,
+                      temperature_kelvin=3000.0, steps=200, log_every=20, trajectory_every=20,
                       neighbor_method="cell", skin=0.5)
     extent0 = np.ptp(pos, axis=0).max()
     extent = np.ptp(res.trajectory.positions[-1], axis=0).max()
     print(f"extent {extent0:.1f} -> {extent:.1f} Å, reallocations {res.n_reallocations}")
-    assert extent > 3 * extent0
+    assert extent > 2 * extent0
     assert res.n_reallocations >= 1
     assert res.final_state.neighbors.spec.method == "cell"
-    for k in range(0, len(res.trajectory), 5):
+    for k in range(0, len(res.trajectory), 3):
         s = System.from_arrays(res.trajectory.positions[k], np.full(n, 18),
                                cell=np.zeros((3, 3)), pbc=False).with_edges(LJ.cutoff)
         exact = float(LJ.energy(LJ.init(None, s), s))

@@ -484,7 +484,7 @@ def simulate(
       block_steps: about how many steps run between host checks (default 200); the stop
         predicate is checked this often.
       max_energy_error_per_atom: NVE blow-up threshold on ``|E_tot(t) − E_tot(0)| / N``, eV;
-        default ``max(0.01, 0.75 kT)`` (see :mod:`jaxpot.md.checks`); ``inf`` disables it.
+        default ``max(0.005, 0.75 kT)`` (see :mod:`jaxpot.md.checks`); ``inf`` disables it.
 
     Returns:
       An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
