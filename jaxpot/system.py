@@ -148,9 +148,14 @@ def find_edges(positions, cell, pbc, cutoff: float, *, where: str = "structure")
     cell = np.asarray(cell, np.float64)
     receivers, senders, shifts = neighbor_list(positions, cell, pbc, cutoff)
     if receivers.size:
-        vec = positions[senders] - positions[receivers] + shifts @ cell
-        dist = np.linalg.norm(vec, axis=1)
-        k = int(np.argmin(dist))
+        # Column products, not ``shifts @ cell``: a [E, 3] x [3, 3] BLAS call with threads
+        # costs 25x more than these three passes at 4e5 edges.
+        vec = positions[senders] - positions[receivers]
+        for a in range(3):
+            vec += shifts[:, a:a + 1] * cell[a]
+        dist2 = np.einsum("ij,ij->i", vec, vec)
+        k = int(np.argmin(dist2))
+        dist = np.sqrt(dist2)
         if dist[k] < _MIN_DISTANCE:
             raise ValueError(
                 f"{where}: atoms {int(receivers[k])} and {int(senders[k])} overlap "
