@@ -515,7 +515,12 @@ def simulate(
         log_every=log_every, trajectory_every=trajectory_every,
         friction_per_fs=friction_per_fs, tau_fs=tau_fs, momenta=momenta)
     schedule = _schedule(temperature_kelvin, steps)
-    kelvin_all_max = float(np.max(schedule(np.arange(0, steps + 1, max(1, steps // 1000)))))
+    sampled = schedule(np.unique(np.r_[np.arange(0, steps + 1, max(1, steps // 1000)), steps]))
+    if ensemble == "nve" and np.ptp(sampled) > 0:
+        raise ValueError("simulate: a temperature that changes during the run needs a "
+                         "thermostat (ensemble='langevin' or 'nose-hoover'); NVE uses "
+                         "temperature_kelvin only for the initial momenta")
+    kelvin_all_max = float(np.max(sampled))
     observe = _as_observer(observers)
     cfg = _Config(potential=potential, ensemble=ensemble, dt=dt_fs * units.fs,
                   friction=float(friction_per_fs) / units.fs, tau=float(tau_fs) * units.fs,
