@@ -62,8 +62,9 @@ class RunFailed(RuntimeError):
 
 _NVE_MAX_CHANGE_KT = 0.2
 """An NVE run whose total energy moves further than this many kB·T per atom from its start is
-reported as unstable (exit code 3): the velocity Verlet error of a sound time step is orders of
-magnitude smaller (see :func:`_md_failure`)."""
+reported as unstable (exit code 3). A sound time step stays far below it: argon (LJ) at 40 K
+with 5 fs steps moves 5e-4 kT per atom in 1000 steps, while 100 fs steps pass 0.2 kT within 30
+steps and give NaN ~300 steps later (see :func:`_md_failure`)."""
 
 
 # ---------------------------------------------------------------------------------------------
