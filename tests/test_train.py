@@ -385,3 +385,22 @@ def test_budget_schedule_follows_steps_or_time():
     assert res(500, now=0.0, t_end=20.0) == pytest.approx(mid)
     assert res(501, now=10.0, t_end=20.0) == pytest.approx(
         1e-2 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 0.75))))
+
+
+def test_evaluate_partial_when_the_deadline_passes(datasets, toy, monkeypatch):
+    """With ``partial=True`` an evaluation cut short by its deadline reports the batches it
+    did (and says how many structures); without it, nothing."""
+    from types import SimpleNamespace
+
+    from jaxpot.train import metrics as tmetrics
+
+    _, va = datasets
+    pot, params, _ = toy
+    full = train.evaluate(pot, params, va, batch_size=1)
+    clock = iter([0.0, 2.0, 2.0, 2.0])  # the deadline (1.0) passes after the first batch
+    monkeypatch.setattr(tmetrics, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    part = train.evaluate(pot, params, va, batch_size=1, deadline=1.0, partial=True)
+    assert part["n_structures"] == 1 < full["n_structures"] == len(va)
+    assert part["energy_mae_mev_per_atom"] != full["energy_mae_mev_per_atom"]
+    clock = iter([0.0, 2.0])
+    assert train.evaluate(pot, params, va, batch_size=1, deadline=1.0) is None

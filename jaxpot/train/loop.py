@@ -394,14 +394,16 @@ class _Trainer:
         self.meta.update(batch=self.steps_per_epoch, accum=accum)
         return "done"
 
-    def validate(self):
-        """Validation metrics of the EMA params, or None if the budget ran out meanwhile."""
+    def validate(self, partial: bool = False):
+        """Validation metrics of the EMA params, or None if the budget ran out meanwhile
+        (with ``partial``, the metrics of the batches done by then, if any)."""
         t0 = time.monotonic()
         # The validation may use the reserve too; the checkpoint and the model file may not.
         limit = (None if not self.budget.limited
                  else self.budget.deadline - 2.0 * self.ckpt.seconds - 0.5)
         m = evaluate(self.potential, self.state.ema_params, self.vloader, weights=self.weights,
-                     eval_step=self.eval_step, deadline=limit, nonfinite="keep")
+                     eval_step=self.eval_step, deadline=limit, nonfinite="keep",
+                     partial=partial)
         if m is None:
             return None
         self.t_eval = time.monotonic() - t0
@@ -449,8 +451,12 @@ class _Trainer:
         best so far) and checkpoint the position."""
         self.stop_reason = "time_budget"
         self.meta["epoch"] = epoch
-        m = self.validate() if self.n_steps else None
         best = self.meta["best"]
+        # Without any validation so far, metrics over part of the validation set beat none.
+        m = self.validate(partial=best is None) if self.n_steps else None
+        if m is not None and m["n_structures"] < len(self.vloader.dataset):
+            _log(f"warning: the time budget allowed validating {m['n_structures']} of "
+                 f"{len(self.vloader.dataset)} validation structures")
         if m is not None and (best is None or m["loss"] < best["loss"]):
             self.meta["best"] = dict(m, epoch=epoch + 1, partial=True)
             self.best_params = self.state.ema_params

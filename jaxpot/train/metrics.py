@@ -59,7 +59,7 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
              batch_size: int = 16, weights: LossWeights | None = None, eval_step=None,
              stress: bool | None = None, return_predictions: bool = False,
              deadline: float | None = None, budget: TimeBudget | None = None,
-             nonfinite: str = "raise"):
+             nonfinite: str = "raise", partial: bool = False):
     """Errors of ``potential`` on a dataset.
 
     Args:
@@ -74,6 +74,8 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
       deadline: ``time.monotonic()`` time; if it passes before a batch starts, the evaluation
         is abandoned and None is returned.
       budget: a :class:`~jaxpot.train.TimeBudget` whose deadline is used the same way.
+      partial: when the deadline passes after some batches, return the metrics of those
+        (``n_structures`` says how many) instead of None.
       nonfinite: ``"raise"``: a non-finite prediction raises ``ValueError`` naming the first
         such structure (its ``source``, e.g. ``"valid.xyz frame 12"``); ``"keep"``: the
         metrics come out non-finite (the training loop reports divergence itself).
@@ -96,6 +98,8 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
         deadline = budget.deadline if deadline is None else min(deadline, budget.deadline)
     for (_, idx), batch in zip(loader.plan(0), loader.batches(0), strict=True):
         if deadline is not None and time.monotonic() > deadline:
+            if partial and totals["n_structures"] > 0 and not return_predictions:
+                return metrics_from_sums(totals, weights)
             return None
         sums, (e, f, _) = eval_step(params, batch)
         sums = {k: float(sums[k]) for k in _KEYS}
