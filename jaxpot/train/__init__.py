@@ -9,6 +9,12 @@ Quick start::
 
 or from a config, as ``jaxpot train`` does: ``train.train(train.TrainConfig(train="train.xyz",
 model="nequip", out="run"))``.
+
+The pieces :func:`fit` is made of can be used alone: :class:`TimeBudget` (one clock shared by
+``fit``, ``fit_gap`` and ``evaluate``), :class:`Checkpointer` (atomic checkpoints that refuse
+another run's), :func:`make_train_step` (jitted; takes shardings, leaves batch placement to the
+caller). Models fitted in closed form (GAP) declare ``Potential.fit`` and go through
+:mod:`jaxpot.train.closed_form`; data-dependent set-up is ``Potential.prepare``.
 """
 
 from jaxpot.train.budget import TimeBudget
