@@ -112,11 +112,13 @@ def test_user_files_in_out_dir_are_never_overwritten(files, tmp_path, capsys):
     out.mkdir()
     (out / "config.json").write_text('{"my": "own config"}')
     (out / "metrics.csv").write_text("a,b\n1,2\n")
+    (out / "run.json").write_text("[1, 2]")
     code, _, err = _run(capsys, _train_argv(files, out))
     assert code == 2
     assert "config.json" in err and "metrics.csv" in err and "not from a jaxpot" in err
+    assert "run.json" in err and (out / "run.json").read_text() == "[1, 2]"
     assert (out / "config.json").read_text() == '{"my": "own config"}'
-    assert sorted(os.listdir(out)) == ["config.json", "metrics.csv"]
+    assert sorted(os.listdir(out)) == ["config.json", "metrics.csv", "run.json"]
     # --restart does not make a user's own files fair game either
     assert _run(capsys, _train_argv(files, out, "--restart"))[0] == 2
     assert (out / "metrics.csv").read_text() == "a,b\n1,2\n"

@@ -110,12 +110,14 @@ def claim_out_dir(out: str, config, fp: dict, *, restart: bool) -> bool:
                                  "be overwritten; move the input or choose another --out")
     present = [n for n in OUTPUTS if os.path.exists(os.path.join(out, n))]
     manifest = _read_manifest(out)
+    if manifest is None and os.path.exists(os.path.join(out, MANIFEST)):
+        present.append(MANIFEST)  # a run.json that jaxpot did not write
     if present and manifest is None and _older_jaxpot_run(out):
         manifest = {"fingerprint": None}  # a run of an older jaxpot: no fingerprint to match
     if present and manifest is None:
         raise ValueError(f"{out} already holds {', '.join(present)}, not from a jaxpot train "
-                         "run (no run.json); they would be overwritten: choose another --out "
-                         "or move them")
+                         "run (no run.json written by jaxpot); they would be overwritten: "
+                         "choose another --out or move them")
     same = manifest is not None and not fingerprint_differences(manifest.get("fingerprint"), fp)
     if present and not same and not restart:
         diff = fingerprint_differences(manifest.get("fingerprint"), fp)
