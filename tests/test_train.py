@@ -404,3 +404,23 @@ def test_evaluate_partial_when_the_deadline_passes(datasets, toy, monkeypatch):
     assert part["energy_mae_mev_per_atom"] != full["energy_mae_mev_per_atom"]
     clock = iter([0.0, 2.0])
     assert train.evaluate(pot, params, va, batch_size=1, deadline=1.0) is None
+
+
+def test_float64_training_uses_scoped_x64(tmp_path):
+    """``dtype: float64`` runs the job under ``jax.enable_x64`` without switching 64-bit mode
+    on for the rest of the process (library code never flips it globally)."""
+    import ase.io
+
+    from jaxpot.serialization import load_model
+
+    ase.io.write(tmp_path / "t.xyz", _emt_images(4, seed=40), format="extxyz")
+    cfg = train.TrainConfig(train=str(tmp_path / "t.xyz"), model="morse", cutoff=CUTOFF,
+                            model_kwargs={"D": 0.3, "alpha": 1.4, "r0": 2.7}, epochs=1,
+                            batch_size=2, dtype="float64", progress=False, plots=False,
+                            valid_fraction=0.25, out=str(tmp_path / "run"))
+    with jax.enable_x64(False):
+        result = train.train(cfg)
+        assert not jax.config.jax_enable_x64
+    assert result["best"]["n_structures"] == 1
+    _, params = load_model(result["model"])
+    assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {np.dtype("float64")}
