@@ -307,7 +307,9 @@ def _raise_md_failure(reason: str, args, atoms) -> None:
 def _cmd_md(args) -> int:
     import numpy as np
 
-    if args.float64:
+    from jaxpot.serialization import stores_float64
+
+    if args.float64 or stores_float64(args.model):  # a float64 model (GAP) runs in float64
         import jax
 
         jax.config.update("jax_enable_x64", True)
@@ -421,7 +423,8 @@ def _add_md(subparsers) -> None:
                    help="Langevin friction, 1/fs (default 0.01)")
     p.add_argument("--tau", type=float, default=100.0, metavar="FS",
                    help="Nose-Hoover period, fs (default 100)")
-    p.add_argument("--float64", action="store_true", help="run in double precision")
+    p.add_argument("--float64", action="store_true",
+                   help="run in double precision (automatic for models stored in float64)")
     p.set_defaults(func=_cmd_md)
 
 

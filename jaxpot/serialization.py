@@ -43,7 +43,7 @@ from jaxpot.files import atomic_write
 from jaxpot.registry import from_config
 
 __all__ = ["save_model", "load_model", "read_model_info", "expected_params", "params_mismatches",
-           "nonfinite_params", "atomic_write", "FORMAT", "VERSION"]
+           "nonfinite_params", "stores_float64", "atomic_write", "FORMAT", "VERSION"]
 
 FORMAT = "jaxpot-model"
 """Value of the ``format`` field that marks a jaxpot model file."""
@@ -224,6 +224,29 @@ def _read(path: str | os.PathLike) -> dict:
     return {"format": FORMAT, "format_version": version,
             "jaxpot_version": inner.get("jaxpot_version"), "config": config,
             "metadata": metadata, "params": params}
+
+
+def stores_float64(path: str | os.PathLike) -> bool:
+    """Whether a model file holds float64 parameters (a GAP model, a float64 training run).
+
+    Such a model should run with 64-bit JAX (``jax.enable_x64``); without it JAX would
+    truncate the parameters to float32. Unreadable files give False (loading them reports why).
+    """
+    try:
+        info = _read(path)
+    except (OSError, ValueError):
+        return False
+
+    def walk(obj) -> bool:
+        if isinstance(obj, dict):
+            if _ARRAY_TAG in obj:
+                return obj[_ARRAY_TAG] == "float64"
+            return any(walk(v) for v in obj.values())
+        if isinstance(obj, list):
+            return any(walk(v) for v in obj)
+        return False
+
+    return walk(info["params"])
 
 
 def read_model_info(path: str | os.PathLike) -> dict:

@@ -421,3 +421,18 @@ def test_atomic_write_modes_and_same_file(tmp_path):
     assert not files.same_file(tmp_path / "t", tmp_path / "b")
     assert files.same_file(tmp_path / "sub" / ".." / "new", tmp_path / "new")  # neither exists
     assert not files.same_file(tmp_path / "new", tmp_path / "new2")
+
+
+def test_stores_float64_tells_which_models_need_x64(tmp_path):
+    import jax.numpy as jnp
+
+    from jaxpot.serialization import stores_float64
+
+    pot = jaxpot.potentials.lennard_jones(3.4, 0.0104, 8.5)
+    p64 = {"sigma": np.float64(3.4), "epsilon": np.float64(0.0104)}
+    jaxpot.save_model(tmp_path / "f64", pot, p64)
+    jaxpot.save_model(tmp_path / "f32", pot, {k: jnp.float32(v) for k, v in p64.items()})
+    (tmp_path / "junk").write_bytes(b"not a model")
+    assert stores_float64(tmp_path / "f64")
+    assert not stores_float64(tmp_path / "f32")
+    assert not stores_float64(tmp_path / "junk") and not stores_float64(tmp_path / "missing")

@@ -80,7 +80,10 @@ def _cmd_eval(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    scope = jax.enable_x64(True) if args.float64 else contextlib.nullcontext()
+    from jaxpot.serialization import stores_float64
+
+    x64 = args.float64 or stores_float64(args.model)  # a float64 model (GAP) runs in float64
+    scope = jax.enable_x64(True) if x64 else contextlib.nullcontext()
     with scope:
         metrics = evaluate_files(args.model, args.data, batch_size=args.batch_size,
                                  energy_key=args.energy_key, forces_key=args.forces_key,
