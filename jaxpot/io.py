@@ -340,7 +340,8 @@ def _partial_rule(kind, key, present, images, source, *, required, allow_partial
     raise ValueError(
         f"{source}: frame {int(missing[0])} has no {kind} label under key {key!r}, but frame "
         f"{first_with} has one ({missing.size} of {present.size} frames lack it); label every "
-        f"frame, or pass allow_partial=True to mask the {kind} term where it is missing"
+        f"frame, or pass allow_partial=True (jaxpot train: --allow-partial-labels) to mask "
+        f"the {kind} term where it is missing"
     )
 
 
@@ -444,7 +445,7 @@ def _sanity(images, labels: Labels, *, check_units: bool, check_outliers: bool) 
             f"{labels.source}: frame {i}: energy per atom {per_atom:.6g} eV (after per-element "
             f"reference energies) is far from the other frames' median {median:.6g} eV; "
             f"{len(bad)} frame(s) affected (an outlier, or a frame in other units?); pass "
-            "check_outliers=False if this is intended"
+            "check_outliers=False (jaxpot train: --no-outlier-check) if this is intended"
         )
     if not check_units or not labels.has("forces"):
         return
@@ -465,7 +466,8 @@ def _sanity(images, labels: Labels, *, check_units: bool, check_outliers: bool) 
         f"pairs of similar frames (e.g. frames {result['example'][0]} and "
         f"{result['example'][1]}) energy differences are {ratio:.3g} times the work of the "
         f"forces (expected 1 for eV with eV/Å; nearest common mismatch: {guess}). Convert the "
-        "labels to eV and eV/Å, or pass check_units=False if this is intended"
+        "labels to eV and eV/Å, or pass check_units=False (jaxpot train: --no-unit-check) if "
+        "this is intended"
     )
 
 

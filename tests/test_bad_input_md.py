@@ -78,7 +78,12 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("kw, message", BAD_OPTIONS, ids=[str(k) for k, _ in BAD_OPTIONS])
+def _option_id(kw: dict) -> str:
+    # Stable across processes (pytest-xdist compares test ids): no object addresses.
+    return ",".join(f"{k}={'<function>' if callable(v) else v!r}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("kw, message", BAD_OPTIONS, ids=[_option_id(k) for k, _ in BAD_OPTIONS])
 def test_bad_option_is_refused_before_compiling(kw, message):
     calls: list = []
     pot = counting(LJ, calls)

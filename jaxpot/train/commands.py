@@ -58,6 +58,9 @@ def _cmd_train(args) -> int:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "patience": args.patience, "dtype": args.dtype, "model_kwargs": model_kwargs,
         "keep_incomplete": True if args.keep_incomplete else None,
+        "allow_partial_labels": True if args.allow_partial_labels else None,
+        "check_units": False if args.no_unit_check else None,
+        "check_outliers": False if args.no_outlier_check else None,
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -157,6 +160,13 @@ def register(subparsers) -> None:
     p.add_argument("--keep-incomplete", action="store_true",
                    help="write the model even if no validation fitted in the time budget "
                         "(default: exit 3 without a model)")
+    p.add_argument("--allow-partial-labels", action="store_true",
+                   help="accept frames missing a label other frames have (they drop out of "
+                        "that loss term) instead of refusing the file")
+    p.add_argument("--no-unit-check", action="store_true",
+                   help="skip the energy/force unit consistency check")
+    p.add_argument("--no-outlier-check", action="store_true",
+                   help="accept frames whose energy per atom is far off the rest")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser(

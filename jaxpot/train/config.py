@@ -12,7 +12,9 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "patience": "--patience", "time_budget_min": "--time-budget-min", "seed": "--seed",
          "dtype": "--dtype", "out": "--out", "model_kwargs": "--model-kwargs",
-         "keep_incomplete": "--keep-incomplete"}
+         "keep_incomplete": "--keep-incomplete",
+         "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
+         "check_outliers": "--no-outlier-check"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -64,6 +66,12 @@ class TrainConfig:
       plots: write PNG plots.
       keep_incomplete: with a time budget too short for one validation, still write the
         unvalidated model (default: refuse, :class:`~jaxpot.train.IncompleteTraining`).
+      allow_partial_labels: accept files where a label (energy, forces, stress) is missing in
+        some frames; those frames drop out of that loss term (default: refuse, naming the first
+        frame without it).
+      check_units: refuse energies and forces whose units disagree (e.g. kcal/mol energies
+        with eV/Å forces), judged from the work of the forces between similar frames.
+      check_outliers: refuse frames whose energy per atom is wildly off the rest.
     """
 
     train: str | None = None
@@ -101,6 +109,9 @@ class TrainConfig:
     progress: bool | None = None
     plots: bool = True
     keep_incomplete: bool = False
+    allow_partial_labels: bool = False
+    check_units: bool = True
+    check_outliers: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -138,6 +149,9 @@ class TrainConfig:
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{_name(k)} must be one of {list(allowed)}, got "
                                  f"{getattr(self, k)!r}")
+        for k in ("keep_incomplete", "allow_partial_labels", "check_units", "check_outliers"):
+            if not isinstance(getattr(self, k), bool):
+                raise ValueError(f"{_name(k)} must be true or false, got {getattr(self, k)!r}")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"{_name('model_kwargs')} must be a mapping, got "
                              f"{self.model_kwargs!r}")

@@ -601,8 +601,9 @@ def _log(msg: str) -> None:
 
 def _print_epoch(row: dict, epochs: int | None) -> None:
     of = "" if epochs is None else f"/{epochs}"
-    msg = (f"epoch {row['epoch']}{of}  train {row['train_loss']:.4g}  "
-           f"valid {row['valid_loss']:.4g}  E {row['energy_mae_mev_per_atom']:.2f} meV/atom")
+    msg = f"epoch {row['epoch']}{of}  train {row['train_loss']:.4g}  valid {row['valid_loss']:.4g}"
+    if "energy_mae_mev_per_atom" in row:
+        msg += f"  E {row['energy_mae_mev_per_atom']:.2f} meV/atom"
     if "force_mae_mev_per_a" in row:
         msg += f"  F {row['force_mae_mev_per_a']:.1f} meV/Å"
     if "stress_mae_mev_per_a3" in row:
@@ -622,7 +623,10 @@ class IncompleteTraining(RuntimeError):
 
 def _read(path, config: TrainConfig) -> jdata.Dataset:
     return jdata.read_extxyz(path, cutoff=config.cutoff, energy_key=config.energy_key,
-                             forces_key=config.forces_key, stress_key=config.stress_key)
+                             forces_key=config.forces_key, stress_key=config.stress_key,
+                             allow_partial=config.allow_partial_labels,
+                             check_units=config.check_units,
+                             check_outliers=config.check_outliers)
 
 
 def train(config: TrainConfig, *, resume: bool = True, t_start: float | None = None,

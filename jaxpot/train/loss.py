@@ -120,13 +120,15 @@ def loss_terms(energy, forces, stress, batch: Batch) -> dict:
 
     Returns:
       ``{"energy": mean (ΔE/N)², "forces": mean |ΔF|² per atom, "stress": mean ‖Δσ‖²_F,
-      "n_structures", "n_atoms", "n_stress"}`` (the counts are the masked denominators).
+      "n_structures", "n_atoms", "n_stress"}`` (the counts are the masked denominators; each
+      term is weighted by ``batch.weight`` and counts only structures that carry its label).
     """
-    w = batch.weight
+    w = batch.weight  # per-structure weight; 0 on dummies
     n = jnp.maximum(batch.n_atoms, 1).astype(energy.dtype)
     de = (energy - batch.energy) / n
-    n_s = jnp.sum(w)
-    e_term = jnp.sum(w * de * de) / jnp.maximum(n_s, 1.0)
+    we = w * batch.has_energy  # frames without an energy label (allow_partial) drop out
+    n_s = jnp.sum(we)
+    e_term = jnp.sum(we * de * de) / jnp.maximum(n_s, 1.0)
     amask = batch.system.atom_mask * (w * batch.has_forces)[:, None]
     df = jnp.where(amask[..., None] > 0, forces - batch.forces, 0.0)
     n_a = jnp.sum(amask)

@@ -30,16 +30,17 @@ def metrics_from_sums(sums: dict, weights: LossWeights | None = None) -> dict:
     """Turn accumulated error sums (from :func:`jaxpot.train.make_eval_step`) into metrics.
 
     Returns:
-      ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``, ``force_mae_mev_per_a`` and
+      ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom`` (only when some structure has
+      an energy label), ``force_mae_mev_per_a`` and
       ``force_rmse_mev_per_a`` (only when some structure has force labels),
       ``stress_mae_mev_per_a3`` (only when some structure has stress), ``n_structures`` and,
       if ``weights`` is given, ``loss`` (the training loss evaluated over the whole set).
     """
-    n = max(sums["n_structures"], 1.0)
-    out = {
-        "energy_mae_mev_per_atom": 1e3 * sums["e_abs"] / n,
-        "energy_rmse_mev_per_atom": 1e3 * math.sqrt(sums["e_sq"] / n),
-    }
+    n = max(sums.get("n_energy", sums["n_structures"]), 1.0)
+    out = {}
+    if sums.get("n_energy", sums["n_structures"]) > 0:  # no energy labels: no energy metric
+        out["energy_mae_mev_per_atom"] = 1e3 * sums["e_abs"] / n
+        out["energy_rmse_mev_per_atom"] = 1e3 * math.sqrt(sums["e_sq"] / n)
     if sums["n_force_comps"] > 0:  # no force labels: no force metric (never a fake 0)
         nf = sums["n_force_comps"]
         out["force_mae_mev_per_a"] = 1e3 * sums["f_abs"] / nf

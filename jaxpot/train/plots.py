@@ -29,10 +29,11 @@ def plot_learning_curve(history: list[dict], path: str | os.PathLike) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    axes[1].semilogy(ep, [h["energy_mae_mev_per_atom"] for h in history])
+    nan = float("nan")  # a metric the labels do not allow (no energies, no forces) is a gap
+    axes[1].semilogy(ep, [h.get("energy_mae_mev_per_atom", nan) for h in history])
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("valid energy MAE (meV/atom)")
-    axes[2].semilogy(ep, [max(h["force_mae_mev_per_a"], 1e-12) for h in history])
+    axes[2].semilogy(ep, [max(h.get("force_mae_mev_per_a", nan), 1e-12) for h in history])
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("valid force MAE (meV/Å)")
     fig.tight_layout()

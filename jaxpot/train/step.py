@@ -83,23 +83,25 @@ def make_eval_step(potential: Potential, *, stress: bool = True, jit: bool = Tru
     """Build ``eval(params, batch) -> (sums, (energy [B], forces [B, n, 3], stress [B,3,3]))``.
 
     ``sums`` are masked sums over the batch, to be accumulated on the host: ``n_structures``,
-    ``e_abs`` (Σ|ΔE/N|), ``e_sq`` (Σ(ΔE/N)²), ``n_force_comps``, ``f_abs``, ``f_sq`` (over force
-    components), ``n_stress_comps``, ``s_abs``, ``s_sq`` (over stress components). ``f_sq`` is
-    also Σ over atoms of ``|ΔF|²``, as in the loss.
+    ``n_energy`` (structures with an energy label), ``e_abs`` (Σ|ΔE/N|), ``e_sq`` (Σ(ΔE/N)²),
+    ``n_force_comps``, ``f_abs``, ``f_sq`` (over force components), ``n_stress_comps``,
+    ``s_abs``, ``s_sq`` (over stress components). ``f_sq`` is also Σ over atoms of ``|ΔF|²``,
+    as in the loss. Metrics are plain means over real structures (``weight > 0``).
     """
 
     def ev(params, batch: Batch):
         e, f, s = predict(potential, params, batch.system, stress=stress)
-        w = batch.weight
+        m = (batch.weight > 0).astype(e.dtype)  # metrics are plain means over real frames
         n = jnp.maximum(batch.n_atoms, 1).astype(e.dtype)
         de = (e - batch.energy) / n
-        amask = batch.system.atom_mask * (w * batch.has_forces)[:, None]
+        me = m * batch.has_energy
+        amask = batch.system.atom_mask * (m * batch.has_forces)[:, None]
         df = jnp.where(amask[..., None] > 0, f - batch.forces, 0.0)
-        smask = w * batch.has_stress
+        smask = m * batch.has_stress
         ds = jnp.where(smask[:, None, None] > 0, s - batch.stress, 0.0)
         sums = {
-            "n_structures": jnp.sum(w), "e_abs": jnp.sum(w * jnp.abs(de)),
-            "e_sq": jnp.sum(w * de * de),
+            "n_structures": jnp.sum(m), "n_energy": jnp.sum(me),
+            "e_abs": jnp.sum(me * jnp.abs(de)), "e_sq": jnp.sum(me * de * de),
             "n_force_comps": 3.0 * jnp.sum(amask), "f_abs": jnp.sum(jnp.abs(df)),
             "f_sq": jnp.sum(df * df),
             "n_stress_comps": 9.0 * jnp.sum(smask), "s_abs": jnp.sum(jnp.abs(ds)),
