@@ -41,6 +41,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 
 __all__ = ["main", "build_parser", "PLUGINS", "LOG_COLUMNS", "EXIT_CODES", "RunFailed",
            "md_summary", "enable_compile_cache", "compile_cache_dir"]
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    args.t_start = time.monotonic()  # time budgets start here (also for in-process calls)
     debug = bool(getattr(args, "debug", False)) or _env_on("JAXPOT_DEBUG")
     command = f"jaxpot {args.command}"
     try:

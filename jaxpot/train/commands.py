@@ -21,7 +21,6 @@ import time
 
 __all__ = ["register", "load_config", "evaluate_files"]
 
-_T0 = time.monotonic()  # the CLI imports this module at start-up: the time budget starts here
 
 
 def load_config(path: str | None, overrides: dict):
@@ -46,6 +45,9 @@ def load_config(path: str | None, overrides: dict):
 def _cmd_train(args) -> int:
     from jaxpot.train.loop import IncompleteTraining, train
 
+    # The budget counts from the start of the command (set by jaxpot.cli.main), not from
+    # when this module was imported: in a notebook or a test that is long before.
+    t0 = getattr(args, "t_start", None) or time.monotonic()
     model_kwargs = None
     if args.model_kwargs:
         try:
@@ -64,14 +66,14 @@ def _cmd_train(args) -> int:
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
-        result = train(config, resume=not args.restart, t_start=_T0)
+        result = train(config, resume=not args.restart, t_start=t0)
     except IncompleteTraining as err:  # valid input, but the run did not finish: exit 3
         print(f"jaxpot train: error: {err}", file=sys.stderr)
         return 3
     summary = {k: result[k] for k in ("model", "best", "stop_reason", "epochs")}
     summary["steps"] = result.get("n_steps")
     summary["first_step_s"] = result.get("first_step_s")
-    summary["wall_time_s"] = time.monotonic() - _T0
+    summary["wall_time_s"] = time.monotonic() - t0
     print(json.dumps(summary, indent=2, default=float))
     return 0
 
