@@ -217,7 +217,11 @@ def forces(potential: Potential | EnergyFn):
 def _strained(system: System, strain: jax.Array) -> System:
     sym = 0.5 * (strain + strain.T)
     deform = jnp.eye(3, dtype=system.positions.dtype) + sym
-    return system.replace(positions=system.positions @ deform, cell=system.cell @ deform)
+    # HIGHEST: on GPUs a float32 matmul defaults to TF32, which would round positions to
+    # ~1e-3 relative before any energy is computed.
+    hi = jax.lax.Precision.HIGHEST
+    return system.replace(positions=jnp.matmul(system.positions, deform, precision=hi),
+                          cell=jnp.matmul(system.cell, deform, precision=hi))
 
 
 def energy_forces_stress(potential: Potential | EnergyFn):

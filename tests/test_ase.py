@@ -376,8 +376,9 @@ def test_second_calculator_from_the_same_model_file_does_not_compile(tmp_path):
         second.calc.params = scaled
         e3 = second.get_potential_energy()
     assert compiles == []
-    np.testing.assert_array_equal(f1, f2)
-    assert e2 == first.get_potential_energy()
+    # Same program, same inputs; on a GPU, scatter-adds may sum in another order (1e-17 eV/Å).
+    np.testing.assert_allclose(f1, f2, rtol=1e-12, atol=1e-15)
+    assert abs(e2 - first.get_potential_energy()) <= 1e-12 * abs(e2)
     assert abs(e3 - 1.1 * e2) <= 1e-9 * abs(e2)  # epsilon scales the LJ energy
 
 
