@@ -23,7 +23,11 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-__all__ = ["FAMILIES", "register", "from_config", "registered", "factory"]
+__all__ = ["FAMILIES", "register", "from_config", "registered", "factory", "data_options"]
+
+DATA_OPTIONS = ("cutoff", "avg_num_neighbors", "species")
+"""Options a training run can fill in from its data: the edge cutoff (Å), the mean number of
+neighbours within it, and the element list."""
 
 FAMILIES: dict[str, str] = {
     "sum": "jaxpot.potential",
@@ -38,10 +42,17 @@ FAMILIES: dict[str, str] = {
 """Family name → the jaxpot module that registers it."""
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+_DATA: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str):
+def register(name: str, *, data_options: tuple[str, ...] = ()):
     """Decorator: make a potential factory rebuildable from ``{"name": name, "kwargs": ...}``.
+
+    Args:
+      name: the family name stored in model files.
+      data_options: which of :data:`DATA_OPTIONS` the factory accepts as keyword arguments, so
+        that training fills them in from the data (``--cutoff``, the measured neighbour count,
+        the elements of the training set) unless the user set them.
 
     Example:
       >>> @register("my_pair")
@@ -50,8 +61,14 @@ def register(name: str):
       True
     """
 
+    unknown = set(data_options) - set(DATA_OPTIONS)
+    if unknown:
+        raise ValueError(f"register({name!r}): unknown data options {sorted(unknown)}; "
+                         f"known: {list(DATA_OPTIONS)}")
+
     def wrap(factory):
         _REGISTRY[name] = factory
+        _DATA[name] = tuple(data_options)
         return factory
 
     return wrap
@@ -82,6 +99,16 @@ def factory(name: str) -> Callable[..., Any]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown potential {name!r}; known: {', '.join(registered())}")
     return _REGISTRY[name]
+
+
+def data_options(name: str) -> tuple[str, ...]:
+    """The data-derived options family ``name`` declared at registration (see :func:`register`).
+
+    Raises:
+      ValueError: no family of that name is known.
+    """
+    factory(name)
+    return _DATA[name]
 
 
 def registered() -> list[str]:

@@ -110,3 +110,18 @@ def test_registry_finds_plugins_by_entry_point(monkeypatch, tmp_path):
 def test_from_config_rejects_bad_configs(config, message):
     with pytest.raises((ValueError, TypeError), match=message):
         jaxpot.from_config(config)
+
+
+def test_families_declare_the_options_training_fills_from_data():
+    assert registry.data_options("nequip") == ("cutoff", "avg_num_neighbors", "species")
+    assert registry.data_options("gap") == ("cutoff", "avg_num_neighbors", "species")
+    assert registry.data_options("morse") == ("cutoff",)
+    assert registry.data_options("sum") == ()
+    with pytest.raises(ValueError, match="unknown data options \\['temperature'\\]"):
+        registry.register("bad_family", data_options=("temperature",))
+    from jaxpot.train.model_setup import build_model
+
+    pot = build_model("morse", {"D": 0.3, "alpha": 1.4, "r0": 2.5}, cutoff=3.7)
+    assert pot.cutoff == 3.7  # filled from the run's --cutoff
+    pot = build_model("morse", {"D": 0.3, "alpha": 1.4, "r0": 2.5, "cutoff": 3.0}, cutoff=3.7)
+    assert pot.cutoff == 3.0  # the user's own value wins

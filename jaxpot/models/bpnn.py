@@ -284,7 +284,7 @@ def bpnn_descriptors(potential: Potential):
     return _BPNN(_make(potential.config["kwargs"], {})).descriptors
 
 
-@register("bpnn")
+@register("bpnn", data_options=("cutoff", "avg_num_neighbors", "species"))
 def bpnn(config: BPNNConfig | dict | None = None, **overrides) -> Potential:
     """Build a Behler–Parrinello potential (see the module docstring).
 

@@ -271,7 +271,7 @@ def _atomic_fn(kern: _Kernel):
     return atomic
 
 
-@register("gap")
+@register("gap", data_options=("cutoff", "avg_num_neighbors", "species"))
 def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
     """A GAP potential (fit its params with :func:`fit_gap`; ``init`` gives an empty model).
 

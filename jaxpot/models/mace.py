@@ -164,7 +164,7 @@ def mace_atomic_energies(config: MACEConfig | dict | None = None, **overrides):
     return _model(_make(config, overrides, MACEConfig)).atomic_energies
 
 
-@register("mace")
+@register("mace", data_options=("cutoff", "avg_num_neighbors", "species"))
 def mace(config: MACEConfig | dict | None = None, **overrides) -> Potential:
     """Build a MACE potential.
 

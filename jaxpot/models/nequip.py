@@ -225,7 +225,7 @@ def nequip_atomic_energies(config: NequIPConfig | dict | None = None, **override
     return _model(_make(config, overrides, NequIPConfig)).atomic_energies
 
 
-@register("nequip")
+@register("nequip", data_options=("cutoff", "avg_num_neighbors", "species"))
 def nequip(config: NequIPConfig | dict | None = None, **overrides) -> Potential:
     """Build a NequIP potential.
 

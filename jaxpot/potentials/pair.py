@@ -239,7 +239,7 @@ def _morse_phi(r, params):
     return d * ((1.0 - x) ** 2 - 1.0)
 
 
-@register("lennard_jones")
+@register("lennard_jones", data_options=("cutoff",))
 def lennard_jones(sigma: float, epsilon: float, cutoff: float, *, shift: bool = True) -> Potential:
     """Lennard-Jones: ``Σ_pairs 4ε[(σ/r)¹² − (σ/r)⁶]`` within ``cutoff``.
 
@@ -280,7 +280,7 @@ def lennard_jones(sigma: float, epsilon: float, cutoff: float, *, shift: bool = 
     return Potential(init, energy, float(cutoff), config, atomic=atomic, outputs=("energy",))
 
 
-@register("morse")
+@register("morse", data_options=("cutoff",))
 def morse(D: float, alpha: float, r0: float, cutoff: float, *, shift: bool = True) -> Potential:
     """Morse: ``Σ_pairs D[(1 − e^{−α(r−r0)})² − 1]`` within ``cutoff``, shifted like LJ.
 

@@ -11,15 +11,13 @@ Element offsets go into a model in one of two declared ways:
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import numpy as np
 
 from jaxpot import data as jdata
 from jaxpot.potential import Potential, from_config
 from jaxpot.potentials.offsets import element_refs_table, with_element_refs
-from jaxpot.registry import factory, registered
+from jaxpot.registry import data_options, factory, registered
 
 __all__ = ["build_model", "species_index", "attach_element_refs", "set_atomic_offsets",
            "SHIFT_KEY", "SCALE_KEY"]
@@ -30,44 +28,32 @@ SCALE_KEY = "atomic_scale"
 
 def build_model(name: str, kwargs: dict | None, *, cutoff: float,
                 stats: jdata.Statistics | None = None) -> Potential:
-    """Build a registered potential, filling in data-derived options the factory accepts.
+    """Build a registered potential, filling in the data-derived options it declares.
 
     ``cutoff``, ``avg_num_neighbors`` and the element list (``species``) are added from the
-    data unless ``kwargs`` sets them, when the factory names them as arguments or takes
-    ``**kwargs`` (config-style factories such as ``nequip``); if the factory rejects them, it is
-    called with ``kwargs`` alone.
+    data unless ``kwargs`` sets them, for the options the family declared when it registered
+    (``register(name, data_options=...)``, :func:`jaxpot.registry.data_options`).
 
     Raises:
       ValueError: unknown model name (the registered ones are listed).
     """
     kwargs = dict(kwargs or {})
     try:
-        fn = factory(name)
+        factory(name)
     except ValueError:
         raise ValueError(f"unknown model {name!r} (--model); registered: "
                          f"{', '.join(registered())}") from None
-    try:
-        sig = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        sig = {}
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
     extra = {"cutoff": float(cutoff)}
     if stats is not None:
         from ase.data import chemical_symbols
 
         extra["avg_num_neighbors"] = float(stats.avg_num_neighbors)
         extra["species"] = [chemical_symbols[z] for z in sorted(stats.element_refs)]
-    keys = list(extra) if var_kw else [k for k in extra if k in sig]
     filled = dict(kwargs)
-    for k in keys:
-        if not (k == "species" and "elements" in kwargs):
+    for k in data_options(name):
+        if k in extra and not (k == "species" and "elements" in kwargs):
             filled.setdefault(k, extra[k])
-    try:
-        return from_config({"name": name, "kwargs": filled})
-    except (TypeError, ValueError):
-        if filled == kwargs:
-            raise
-        return from_config({"name": name, "kwargs": kwargs})
+    return from_config({"name": name, "kwargs": filled})
 
 
 def species_index(potential: Potential) -> dict[int, int] | None:
