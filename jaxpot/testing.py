@@ -274,7 +274,7 @@ def assert_rotation_reflection_invariance(
     mask = _real(system)
     rot = random_rotation(seed, reflect=reflect)
     r = jnp.asarray(rot, system.positions.dtype)
-    moved = system.replace(positions=system.positions @ r.T, cell=system.cell @ r.T)
+    moved = system.replace(positions=_mm(system.positions, r.T), cell=_mm(system.cell, r.T))
     moved = _rebuilt(moved, cutoff)
     if check_stress is None:
         check_stress = _has_volume(system)
@@ -356,7 +356,7 @@ def assert_translation_invariance(
         if not images.any():
             images[0, int(np.argmax(pbc))] = 1
         img = jnp.asarray(images, system.positions.dtype)
-        imaged = system.replace(positions=system.positions + img @ system.cell)
+        imaged = system.replace(positions=system.positions + _mm(img, system.cell))
         if cutoff is None:
             n_pad = system.n_atoms
             r = np.minimum(np.asarray(system.receivers), n_pad - 1)
@@ -552,9 +552,14 @@ def _masked_forces(energy_fn: EnergyFn):
     return fn
 
 
+def _mm(a, b):
+    """``a @ b`` at full precision (GPUs default to TF32 for float32 products)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _strain(system: System, strain) -> System:
     deform = jnp.eye(3, dtype=system.positions.dtype) + strain
-    return system.replace(positions=system.positions @ deform, cell=system.cell @ deform)
+    return system.replace(positions=_mm(system.positions, deform), cell=_mm(system.cell, deform))
 
 
 def assert_stress_matches_finite_differences(
