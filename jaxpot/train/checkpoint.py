@@ -14,36 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
 from flax import serialization
+
+from jaxpot import files
 
 __all__ = ["Checkpointer", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
            "fingerprint_differences"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically, creating its directory (:mod:`jaxpot.files`)."""
+    files.atomic_write_bytes(path, data, make_dirs=True)
 
 
 def _host(tree):

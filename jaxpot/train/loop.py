@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from jaxpot import data as jdata
+from jaxpot.files import write_csv
 from jaxpot.io import check_overlap
 from jaxpot.potential import Potential
 from jaxpot.train.budget import TimeBudget, as_budget
@@ -582,17 +583,8 @@ def _weights_from_config(config: TrainConfig, stats: jdata.Statistics) -> LossWe
 
 
 def _write_csv(path, history):
-    import csv
-    import io
-
-    from jaxpot.train.checkpoint import atomic_write_bytes
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_csv(path, CSV_FIELDS, ([row.get(k) for k in CSV_FIELDS] for row in history),
+              make_dirs=True)
 
 
 def _log(msg: str) -> None:

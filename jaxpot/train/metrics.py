@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from jaxpot.data import BatchLoader, Dataset
+from jaxpot.files import append_csv_row
 from jaxpot.potential import Potential
 from jaxpot.train.budget import TimeBudget
 from jaxpot.train.loss import LossWeights
@@ -149,13 +150,9 @@ def _raise_nonfinite(dataset: Dataset, idx, energies, forces) -> None:
 
 
 def write_csv_row(path: str | os.PathLike, row: dict, fields: list[str]) -> None:
-    """Append ``row`` to the CSV at ``path`` (writing the header if the file is new)."""
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+    """Append ``row`` to the CSV at ``path`` (writing the header if the file is new; see
+    :func:`jaxpot.files.append_csv_row`, which refuses a file with another header)."""
+    append_csv_row(path, row, fields)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
