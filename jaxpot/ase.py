@@ -42,7 +42,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from jaxpot import neighbors
 from jaxpot.potential import Potential, atomic_outputs, check_species, energy_forces_stress
 from jaxpot.registry import factory, from_config
-from jaxpot.serialization import load_model
+from jaxpot.serialization import _json_default, load_model
 from jaxpot.system import (
     System,
     bucket,
@@ -54,8 +54,10 @@ from jaxpot.system import (
 
 __all__ = ["Calculator", "clear_cache"]
 
-# (model key, dtype name, with per-atom outputs) -> jitted (params, system) -> dict
+# (model key, dtype name, with per-atom outputs) -> jitted (params, system) -> dict; the oldest
+# entries go first beyond _MAX_FUNCTIONS (each holds compiled executables)
 _FUNCTIONS: dict[tuple, Any] = {}
+_MAX_FUNCTIONS = 16
 
 
 def clear_cache() -> None:
@@ -63,15 +65,27 @@ def clear_cache() -> None:
     _FUNCTIONS.clear()
 
 
-def _model_key(potential: Potential) -> tuple:
-    """Registered potentials are keyed by their config (a model file loaded twice shares one
-    key); anything else by the identity of its energy function."""
-    config = potential.config
+def _registered(config) -> bool:
     try:
         factory(config["name"])
-        return ("config", json.dumps(config, sort_keys=True, default=repr))
+        return True
     except (KeyError, TypeError, ValueError):
-        return ("object", id(potential.energy), potential.energy)
+        return False
+
+
+def _code(fn) -> Any:
+    return getattr(fn, "__code__", fn)
+
+
+def _model_key(potential: Potential) -> tuple:
+    """Registered potentials are keyed by their config and the code of their energy and
+    per-atom functions (a model file loaded twice shares one key; a ``_replace``d variant
+    with another ``energy`` or ``atomic`` does not); anything else by object identity."""
+    config = potential.config
+    if _registered(config):
+        return ("config", json.dumps(config, sort_keys=True, default=_json_default),
+                _code(potential.energy), _code(potential.atomic))
+    return ("object", id(potential.energy), potential.energy, potential.atomic)
 
 
 def _evaluate(potential: Potential, dtype_name: str, with_atomic: bool):
@@ -90,6 +104,8 @@ def _evaluate(potential: Potential, dtype_name: str, with_atomic: bool):
                             if k in ("energy", "charges")})
             return out
 
+        while len(_FUNCTIONS) >= _MAX_FUNCTIONS:
+            _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
         fn = _FUNCTIONS[key] = jax.jit(evaluate)
     return fn
 
@@ -209,15 +225,13 @@ class Calculator(_AseCalculator):
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
         config = self.potential.config
-        try:
-            factory(config["name"])
-        except (KeyError, TypeError, ValueError):
+        if not _registered(config):
             raise TypeError(
                 f"cannot pickle a Calculator for potential {config.get('name')!r}: it is not "
                 "registered, so it could not be rebuilt from its config") from None
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("potential", "_params", "_edges")}
-        state["potential_config"] = json.loads(json.dumps(config, default=_json_number))
+        state["potential_config"] = json.loads(json.dumps(config, default=_json_default))
         state["params_numpy"] = (None if self._params is None
                                  else jax.tree.map(np.asarray, self._params))
         state["dtype"] = None if self.dtype is None else np.dtype(self.dtype).name
@@ -327,8 +341,3 @@ class Calculator(_AseCalculator):
         return results
 
 
-def _json_number(value):
-    """NumPy scalars and arrays in a config become plain numbers and lists."""
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    raise TypeError(f"config value {value!r} is not JSON-serialisable")

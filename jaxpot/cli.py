@@ -310,11 +310,11 @@ def _cmd_md(args) -> int:
 
     from jaxpot.serialization import stores_float64
 
+    _check_md_options(args)
     if args.float64 or stores_float64(args.model):  # a float64 model (GAP) runs in float64
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    _check_md_options(args)
     potential, params, atoms, system = _load_md_inputs(args)
     from jaxpot import md  # imported after the input is validated: jax_md is slow to import
 
@@ -550,20 +550,16 @@ def _one_line(err: BaseException) -> str:
     return " ".join(msg.split())
 
 
-_RUN_FAILURES = {"SimulationUnstable", "IncompleteTraining"}
-"""Names of exception classes of lower layers (md, train) that mean "the run failed": exit 3."""
-
-
 def _exit_code(err: BaseException) -> int:
-    """The error's own positive ``exit_code`` attribute if it has one; else 3 for a run that
-    failed on valid input, 2 for bad input, 1 for anything else."""
+    """The error's own positive ``exit_code`` attribute if it has one (lower layers mark a run
+    that failed on valid input with 3: ``md.SimulationUnstable``, ``train.IncompleteTraining``);
+    else 3 for ``RunFailed``/divergence, 2 for bad input, 1 for anything else (a bug)."""
     explicit = getattr(err, "exit_code", None)
     if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
         return explicit
-    names = {cls.__name__ for cls in type(err).__mro__}
-    if isinstance(err, RunFailed | FloatingPointError) or names & _RUN_FAILURES:
+    if isinstance(err, RunFailed | FloatingPointError):
         return 3
-    if isinstance(err, ValueError | OSError | KeyError):
+    if isinstance(err, ValueError | OSError):
         return 2
     return 1
 

@@ -755,7 +755,7 @@ def labels(atoms_list: Sequence[ase.Atoms]) -> dict:
     if len(atoms_list) == 0:
         raise ValueError("labels: no structures")
     y = extract_labels(atoms_list, charges_key=None, weight_key=None, require=("energy",),
-                       check_units=False, source="labels")
+                       check_units=False, check_outliers=False, source="labels")
     return {
         "energy": y.energy,
         "forces": y.forces if y.has("forces") else None,

@@ -155,11 +155,11 @@ def find_edges(positions, cell, pbc, cutoff: float, *, where: str = "structure")
             vec += shifts[:, a:a + 1] * cell[a]
         dist2 = np.einsum("ij,ij->i", vec, vec)
         k = int(np.argmin(dist2))
-        dist = np.sqrt(dist2)
-        if dist[k] < _MIN_DISTANCE:
+        closest = float(np.sqrt(dist2[k]))
+        if closest < _MIN_DISTANCE:
             raise ValueError(
                 f"{where}: atoms {int(receivers[k])} and {int(senders[k])} overlap "
-                f"(distance {dist[k]:.4f} Å < {_MIN_DISTANCE} Å)"
+                f"(distance {closest:.4f} Å < {_MIN_DISTANCE} Å)"
             )
     return (receivers.astype(np.int32), senders.astype(np.int32),
             np.asarray(shifts, np.float64).reshape(-1, 3))

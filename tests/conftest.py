@@ -38,3 +38,14 @@ def keys():
             yield sub
 
     return gen()
+
+
+@pytest.fixture
+def x64_off():
+    """Global 64-bit mode off during the test (restored after), so the test can see whether
+    library code switches it on (a ``jax.enable_x64(False)`` context would hide that)."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)

@@ -488,7 +488,9 @@ def test_dataset_is_built_without_touching_a_device(copper, monkeypatch):
         raise AssertionError("device_put while building a Dataset")
 
     monkeypatch.setattr(jax, "device_put", forbidden)
-    ds = data.from_atoms(copper[:4], cutoff=CUTOFF)
+    # The patch misses put= defaults bound at import; JAX's guard sees every transfer.
+    with jax.transfer_guard_host_to_device("disallow"):
+        ds = data.from_atoms(copper[:4], cutoff=CUTOFF)
     for s in ds:
         for value in (s.positions, s.senders, s.shifts, s.forces, s.stress):
             assert type(value) is np.ndarray

@@ -92,6 +92,17 @@ def test_bad_option_is_refused_before_compiling(kw, message):
     assert calls == []  # nothing was traced or evaluated
 
 
+@pytest.mark.parametrize("temperature", [0.0, (300.0, 0.0)], ids=["0K", "ramp-to-0K"])
+def test_nose_hoover_refuses_zero_kelvin(temperature):
+    # The chain masses are kT·tau²: at 0 K the thermostat divides 0 by 0 (NaN momenta).
+    calls: list = []
+    with pytest.raises(ValueError, match="0.0 K at step .*> 0 K for Nosé–Hoover"):
+        run(counting(LJ, calls), ensemble="nose-hoover", temperature_kelvin=temperature)
+    assert calls == []
+    # Langevin and NVE accept 0 K.
+    assert run(ensemble="langevin", temperature_kelvin=(300.0, 0.0), steps=10).steps_done == 10
+
+
 def test_friction_and_tau_only_matter_for_their_ensemble():
     # A bad tau in a Langevin run is unused, so not an error (the CLI passes both).
     res = run(ensemble="langevin", tau_fs=-1.0, steps=10)

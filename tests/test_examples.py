@@ -58,17 +58,14 @@ def test_chirality_chfclbr():
     assert out["chiral"][0] > 0.5 * out["chiral"][1]
 
 
-def test_ntk_width_gap_shrinks_with_width():
+def test_ntk_width_gap_shrinks_with_width(x64_off):
     """The seed texts' claim: a wider network trained by gradient descent stays closer to its
     NTK (linearised) prediction. Measured here: 0.072, 0.0022, 0.0001 for widths 8, 64, 512."""
     import jax
 
     widths = (8, 64, 512)
-    before = jax.config.jax_enable_x64
-    with jax.enable_x64(False):
-        results = _load("ntk_width").main(steps=40, widths=widths, n_train=4, n_test=3)
-        assert not jax.config.jax_enable_x64  # the study's float64 stays inside main()
-    assert jax.config.jax_enable_x64 == before
+    results = _load("ntk_width").main(steps=40, widths=widths, n_train=4, n_test=3)
+    assert not jax.config.jax_enable_x64  # global flag (x64_off): float64 stays inside main()
     gaps = [results[w]["relative_rms_gap"] for w in widths]
     for w in widths:  # non-trivial: the networks really trained
         assert results[w]["loss_end"] < 0.1 * results[w]["loss_start"], (w, results[w])

@@ -154,19 +154,19 @@ def test_declared_protocol_atomic_energies_and_variances(fitted, data):
     assert v_far.max() <= float(params["delta2"]) * (1 + 1e-9)
 
 
-def test_fit_through_the_protocol_leaves_global_x64_alone(data):
+def test_fit_through_the_protocol_leaves_global_x64_alone(data, x64_off):
     """``potential.fit`` (what ``jaxpot train --model gap`` calls) runs in float64 under a
     scoped x64 and returns float64 host arrays; the global setting is untouched."""
     from jaxpot.models.gap import gap
 
     train, test = data
-    with jax.enable_x64(False):
-        pot, params, info = gap(n_sparse=12, optimize_noise=False, **SOAP).fit(
-            train, refs=None, deadline=None, verbose=False, seed=3)
-        assert not jax.config.jax_enable_x64
+    pot, params, info = gap(n_sparse=12, optimize_noise=False, **SOAP).fit(
+        train, refs=None, deadline=None, verbose=False, seed=3)
+    assert not jax.config.jax_enable_x64  # the global flag (x64_off fixture), not a context
     assert info.n_sparse == 12 and params["weights"].dtype == np.float64
     assert isinstance(params["chol_a"], np.ndarray)
-    e = float(pot.energy(params, test[0].system()))
+    with jax.enable_x64(True):  # GAP predictions need float64 (the CLI switches it on)
+        e = float(pot.energy(params, test[0].system()))
     assert abs(e - test[0].energy) / test[0].n_atoms < 0.05
 
 
@@ -255,3 +255,25 @@ def test_evidence_recovers_injected_force_noise():
         found[noise] = info.sigma_force
     assert 0.15 < found[0.2] < 0.27, found  # the injected 0.2 eV/Å (plus a small model error)
     assert found[0.0] < 0.5 * found[0.2], found
+
+
+def test_frames_without_an_energy_label_still_give_their_forces():
+    """``allow_partial``: a frame without an energy drops out of the energy rows only (it
+    used to crash the fit, or make the element references NaN)."""
+    frames = _frames(8, seed=5, strain=0.02)
+    for a in frames:
+        a.info["energy"] = a.get_potential_energy()
+        a.arrays["forces"] = a.get_forces()
+        a.calc = None
+    del frames[3].info["energy"]
+    with pytest.warns(UserWarning, match="energy"):
+        train = jdata.from_atoms(frames, cutoff=CUTOFF, allow_partial=True)
+    assert train.structures[3].energy is None and train.structures[3].forces is not None
+    pot, params, info = fit_gap(train, n_sparse=16, optimize_noise=False, **SOAP)
+    assert info.n_structures == 8
+    assert np.all(np.isfinite(np.asarray(params["weights"])))
+    test = jdata.from_atoms(_frames(3, seed=6, strain=0.02), cutoff=CUTOFF)
+    with jax.enable_x64(True):
+        for s in test:
+            e = float(pot.energy(params, s.system()))
+            assert abs(e - s.energy) / s.n_atoms < 0.05

@@ -406,7 +406,7 @@ def test_evaluate_partial_when_the_deadline_passes(datasets, toy, monkeypatch):
     assert train.evaluate(pot, params, va, batch_size=1, deadline=1.0) is None
 
 
-def test_float64_training_uses_scoped_x64(tmp_path):
+def test_float64_training_uses_scoped_x64(tmp_path, x64_off):
     """``dtype: float64`` runs the job under ``jax.enable_x64`` without switching 64-bit mode
     on for the rest of the process (library code never flips it globally)."""
     import ase.io
@@ -418,9 +418,9 @@ def test_float64_training_uses_scoped_x64(tmp_path):
                             model_kwargs={"D": 0.3, "alpha": 1.4, "r0": 2.7}, epochs=1,
                             batch_size=2, dtype="float64", progress=False, plots=False,
                             valid_fraction=0.25, out=str(tmp_path / "run"))
-    with jax.enable_x64(False):
-        result = train.train(cfg)
-        assert not jax.config.jax_enable_x64
+    result = train.train(cfg)
+    assert not jax.config.jax_enable_x64  # the global flag (x64_off fixture), not a context
     assert result["best"]["n_structures"] == 1
-    _, params = load_model(result["model"])
+    with jax.enable_x64(True):  # what the file stores (without x64 JAX would truncate)
+        _, params = load_model(result["model"])
     assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {np.dtype("float64")}

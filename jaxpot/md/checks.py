@@ -58,6 +58,8 @@ class SimulationUnstable(ValueError):
       dt_suspect: True when the time step is the plausible cause.
     """
 
+    exit_code = 3  # the CLI's code for a run that failed on valid input
+
     def __init__(self, message: str, *, step: int, step_failed: int, dt_suspect: bool):
         super().__init__(message)
         self.step, self.step_failed, self.dt_suspect = step, step_failed, dt_suspect

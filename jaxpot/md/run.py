@@ -144,8 +144,10 @@ def _plan(steps: int, log_every: int, block_steps: int) -> list[tuple[int, int]]
     return blocks
 
 
-def _schedule(temperature_kelvin, steps: int) -> Callable[[np.ndarray], np.ndarray]:
-    """``steps [k] -> kelvin [k]`` from a number, a ``(start, end)`` ramp or a callable."""
+def _schedule(temperature_kelvin, steps: int, *, positive: bool = False
+              ) -> Callable[[np.ndarray], np.ndarray]:
+    """``steps [k] -> kelvin [k]`` from a number, a ``(start, end)`` ramp or a callable;
+    ``positive``: refuse 0 K too (a Nosé–Hoover chain's masses are kT·τ², so 0 K gives 0/0)."""
     if callable(temperature_kelvin):
         fn = temperature_kelvin
 
@@ -174,10 +176,11 @@ def _schedule(temperature_kelvin, steps: int) -> Callable[[np.ndarray], np.ndarr
     def checked(s):
         s = np.asarray(s, np.int64)
         t = table(s)
-        bad = np.flatnonzero(~np.isfinite(t) | (t < 0))
+        bad = np.flatnonzero(~np.isfinite(t) | ((t <= 0) if positive else (t < 0)))
         if bad.size:
+            need = "> 0 K for Nosé–Hoover" if positive else "≥ 0 K"
             raise ValueError(f"simulate: temperature_kelvin is {float(t[bad[0]])!r} K at step "
-                             f"{int(s[bad[0]])}; temperatures must be finite and ≥ 0 K")
+                             f"{int(s[bad[0]])}; temperatures must be finite and {need}")
         return t
 
     return checked
@@ -514,7 +517,7 @@ def simulate(
         potential, params, system, ensemble=ensemble, dt_fs=dt_fs, steps=steps,
         log_every=log_every, trajectory_every=trajectory_every,
         friction_per_fs=friction_per_fs, tau_fs=tau_fs, momenta=momenta)
-    schedule = _schedule(temperature_kelvin, steps)
+    schedule = _schedule(temperature_kelvin, steps, positive=ensemble == "nose-hoover")
     sampled = schedule(np.unique(np.r_[np.arange(0, steps + 1, max(1, steps // 1000)), steps]))
     if ensemble == "nve" and np.ptp(sampled) > 0:
         raise ValueError("simulate: a temperature that changes during the run needs a "

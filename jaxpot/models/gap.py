@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpot.data import Dataset, fit_element_refs
 from jaxpot.descriptors import soap as _soap
 from jaxpot.nn.embedding import normalize_species, species_index, species_table
 from jaxpot.potential import Potential, register
@@ -563,15 +564,6 @@ def _structures(frames) -> list:
     return items
 
 
-def _least_squares_refs(structures) -> dict[int, float]:
-    """Element reference energies ``min Σ_s (E_s − Σ_Z n_sZ e_Z)²`` (minimum-norm lstsq)."""
-    elements = sorted({int(z) for s in structures for z in s.numbers})
-    counts = np.array([[np.count_nonzero(s.numbers == z) for z in elements] for s in structures])
-    energies = np.array([s.energy for s in structures], np.float64)
-    refs, *_ = np.linalg.lstsq(counts.astype(np.float64), energies, rcond=None)
-    return {z: float(r) for z, r in zip(elements, refs, strict=True)}
-
-
 @dataclasses.dataclass
 class _Sums:
     """Unit-δ normal-equation pieces accumulated structure by structure (all float64)."""
@@ -594,14 +586,16 @@ class _Sums:
     def zeros(cls, m: int) -> _Sums:
         return cls(np.zeros((m, m)), np.zeros((m, m)), np.zeros(m), np.zeros(m))
 
-    def add(self, s, k_e, k_f, y: float, use_forces: bool) -> None:
+    def add(self, s, k_e, k_f, y: float | None, use_forces: bool) -> None:
+        """Add one structure; ``y`` (residual energy, eV) is None without an energy label."""
         m = k_e.shape[0]
-        self.resid_e.append(y / s.n_atoms)
-        self.g_e += np.outer(k_e, k_e) / s.n_atoms
-        self.b_e += k_e * y / s.n_atoms
-        self.yy_e += y * y / s.n_atoms
-        self.logn += math.log(s.n_atoms)
-        self.n_e += 1
+        if y is not None:
+            self.resid_e.append(y / s.n_atoms)
+            self.g_e += np.outer(k_e, k_e) / s.n_atoms
+            self.b_e += k_e * y / s.n_atoms
+            self.yy_e += y * y / s.n_atoms
+            self.logn += math.log(s.n_atoms)
+            self.n_e += 1
         self.n_env += s.n_atoms
         self.n_used += 1
         if use_forces and s.forces is not None:
@@ -664,7 +658,7 @@ def _accumulate(kern, sparse, sparse_z, structures, systems, refs, *, deadline, 
             if time.monotonic() + 1.5 * per + 5.0 > deadline:
                 break
         k_e, k_f = rows_fn(sy)
-        y = s.energy - sum(refs[int(z)] for z in s.numbers)
+        y = None if s.energy is None else s.energy - sum(refs[int(z)] for z in s.numbers)
         sums.add(s, np.asarray(k_e), k_f, y, kern.cfg.use_forces)
         if verbose and (k + 1) % 50 == 0:
             print(f"gap: {k + 1}/{len(structures)} structures accumulated "
@@ -758,7 +752,7 @@ def _fit(structures, cfg: GAPConfig, refs, *, deadline, verbose, t0):
     if cfg.max_structures is not None:
         order = order[: cfg.max_structures]
     structures = [structures[int(i)] for i in order]
-    refs = _least_squares_refs(structures) if refs is None else refs
+    refs = fit_element_refs(Dataset(structures, cfg.cutoff)) if refs is None else refs
     kern = _Kernel(cfg)
     unknown = {int(z) for s in structures for z in s.numbers} - set(
         int(z) for z in np.flatnonzero(kern.table >= 0))

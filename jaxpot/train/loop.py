@@ -612,6 +612,8 @@ class IncompleteTraining(RuntimeError):
     """A budgeted run ended before any validation; no model was written (see
     ``TrainConfig.keep_incomplete``)."""
 
+    exit_code = 3  # the CLI's code for a run that failed on valid input
+
 
 def _read(path, config: TrainConfig) -> jdata.Dataset:
     return jdata.read_extxyz(path, cutoff=config.cutoff, energy_key=config.energy_key,

@@ -115,7 +115,8 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
             for k, i in enumerate(idx):
                 s = loader.dataset.structures[int(i)]
                 preds["index"].append(int(i))
-                preds["energy_ref"].append(s.energy / s.n_atoms)
+                preds["energy_ref"].append(np.nan if s.energy is None
+                                           else s.energy / s.n_atoms)
                 preds["energy_pred"].append(e[k] / s.n_atoms)
                 if s.forces is not None:
                     preds["forces_ref"].append(s.forces)
