@@ -97,7 +97,10 @@ class ForceProvider(NamedTuple):
         return ForceOutput(energy=e, forces=f, stress=sigma, neighbors=neighbors, atomic={})
 
     def evaluate(self, system: System) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(energy, forces, stress)`` of a system that already carries its edges."""
+        """``(energy, forces, stress)`` of a system that already carries its edges.
+
+        The integrators use it once, for the state at step 0 (``__call__`` for every step
+        after): a provider that changes the forces overrides both."""
         return energy_forces_stress(self.potential)(self.params, system)
 
     def atomic(self, system: System, neighbors: Neighbors) -> dict:

@@ -237,7 +237,8 @@ def _initial_state(force: ForceProvider, key, system, neighbors, kT, momenta,
             f"neighbour list overflowed (max_neighbors={neighbors.spec.max_neighbors}, "
             f"needed {int(neighbors.max_count)}); allocate it again for this structure"
         )
-    first = jax.jit(lambda params, s: ForceProvider(force.potential, params).evaluate(s))
+    # type(force): a provider subclass's own evaluation also gives the step-0 forces.
+    first = jax.jit(lambda params, s: type(force)(force.potential, params).evaluate(s))
     e, f, sigma = first(force.params, neighbors.attach(system))
     return NVEState(system=system, momenta=momenta, forces=f, energy=e, stress=sigma,
                     neighbors=neighbors, kT=jnp.asarray(0.0 if kT is None else kT, dtype),
