@@ -700,12 +700,12 @@ def _json(d: dict) -> str:
 def _prepare_run(config: TrainConfig, resume: bool, budget: TimeBudget):
     """Check inputs and the output directory, read the data; only then drop an old checkpoint
     (``resume=False``)."""
-    from jaxpot.train.runfiles import claim_out_dir, fingerprint, same_file_or_content
+    from jaxpot.train.runfiles import claim_out_dir, fingerprint
 
     if not config.train:
         raise ValueError("no training data: set 'train' in the config or pass --train PATH")
     fp = fingerprint(config)  # also: the input files exist
-    same = bool(config.valid) and same_file_or_content(config.train, config.valid)
+    same = bool(config.valid) and fp.get("valid data") == fp["train data"]  # hashed above
     if same:
         _log(f"warning: --valid {config.valid} holds the same data as --train {config.train}: "
              "validation errors will not measure how the model generalises")

@@ -15,8 +15,7 @@ import os
 
 from jaxpot.train.checkpoint import atomic_write_bytes, fingerprint_differences
 
-__all__ = ["OUTPUTS", "MANIFEST", "fingerprint", "file_hash", "claim_out_dir",
-           "same_file_or_content"]
+__all__ = ["OUTPUTS", "MANIFEST", "fingerprint", "file_hash", "claim_out_dir"]
 
 OUTPUTS = ("model", "checkpoint", "config.json", "metrics.csv", "plots")
 """Names ``jaxpot train`` writes in its output directory (besides :data:`MANIFEST`)."""
@@ -60,16 +59,6 @@ def fingerprint(config) -> dict:
     else:
         out["valid_fraction"] = d["valid_fraction"]
     return out
-
-
-def same_file_or_content(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when two paths are the same file, or two files with the same content."""
-    try:
-        if os.path.samefile(a, b):
-            return True
-        return (os.path.getsize(a) == os.path.getsize(b)) and file_hash(a) == file_hash(b)
-    except OSError:
-        return False
 
 
 def _read_manifest(out: str) -> dict | None:
