@@ -550,6 +550,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(msg.split())
 
 
+_RUN_FAILURES = {"SimulationUnstable", "IncompleteTraining"}
+"""Class names that mean "the run failed" (exit 3) for errors without an ``exit_code``, e.g.
+from plugins; jaxpot's own classes carry ``exit_code = 3``."""
+
+
 def _exit_code(err: BaseException) -> int:
     """The error's own positive ``exit_code`` attribute if it has one (lower layers mark a run
     that failed on valid input with 3: ``md.SimulationUnstable``, ``train.IncompleteTraining``);
@@ -557,9 +562,10 @@ def _exit_code(err: BaseException) -> int:
     explicit = getattr(err, "exit_code", None)
     if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
         return explicit
-    if isinstance(err, RunFailed | FloatingPointError):
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if isinstance(err, RunFailed | FloatingPointError) or names & _RUN_FAILURES:
         return 3
-    if isinstance(err, ValueError | OSError):
+    if isinstance(err, ValueError | OSError | KeyError):
         return 2
     return 1
 
