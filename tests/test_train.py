@@ -199,8 +199,9 @@ def test_time_budget_bounds_the_run(datasets):
     res = train.fit(pot, params, tr, va, cfg, stats=st)
     elapsed = time.monotonic() - t0
     assert res.stop_reason == "time_budget"
-    # Slack for one mis-estimated step on a loaded machine (the loop stops on estimates).
-    assert elapsed < budget_s + 2.5, elapsed
+    # Slack for mis-estimated steps on a loaded machine (the loop stops on estimates; with
+    # 2.5 s this failed once in four full parallel runs). Without the budget: 100 000 epochs.
+    assert elapsed < budget_s + 6.0, elapsed
     assert int(res.state.step) > 0
     # The budget kept room for validating the last EMA parameters: the result is validated,
     # and training ran past the last whole epoch (up to the budget, not to an epoch boundary).
