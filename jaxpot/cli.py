@@ -46,8 +46,10 @@ import time
 __all__ = ["main", "build_parser", "PLUGINS", "LOG_COLUMNS", "EXIT_CODES", "RunFailed",
            "md_summary", "enable_compile_cache", "compile_cache_dir"]
 
-PLUGINS = ("jaxpot.train.commands", "jaxpot.demo")
-"""Optional modules whose ``register(subparsers)`` adds subcommands (train, eval, demo)."""
+PLUGINS = ("jaxpot.train.commands", "jaxpot.md.commands", "jaxpot.analysis.commands",
+           "jaxpot.parallel.commands", "jaxpot.lammps.commands", "jaxpot.demo")
+"""Optional modules whose ``register(subparsers)`` adds subcommands (train, eval, relax,
+properties, export, lammps, demo); a module that is absent is skipped."""
 
 LOG_COLUMNS = ("step", "time_fs", "potential_energy_ev", "kinetic_energy_ev", "total_energy_ev",
                "temperature_k")

@@ -8,7 +8,7 @@ that goes up a layer is the same knot, only hidden). The layers, from the bottom
     2  potential, serialization, data          (the potential protocol, model files, datasets)
     3  potentials, descriptors, nn             (physics terms and building blocks)
     4  models                                  (full model families)
-    5  train, md, ase, testing                 (what runs a model)
+    5  train, md, ase, testing, jaxmd          (what runs a model)
     6  analysis, uncertainty, active, lammps, parallel  (what builds on running models)
     7  demo, cli, __main__                     (applications)
 
@@ -32,7 +32,7 @@ LAYERS = [
     {"potential", "serialization", "data"},
     {"potentials", "descriptors", "nn"},
     {"models"},
-    {"train", "md", "ase", "testing"},
+    {"train", "md", "ase", "testing", "jaxmd"},
     {"analysis", "uncertainty", "active", "lammps", "parallel"},
     {"demo", "cli", "__main__"},
 ]
