@@ -38,6 +38,7 @@ FAMILIES: dict[str, str] = {
     "mace": "jaxpot.models.mace",
     "bpnn": "jaxpot.models.bpnn",
     "gap": "jaxpot.models.gap",
+    "hybrid": "jaxpot.models.hybrid",
 }
 """Family name → the jaxpot module that registers it."""
 
