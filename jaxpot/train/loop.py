@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -37,6 +37,7 @@ from jaxpot.train.config import TrainConfig
 from jaxpot.train.loss import LossWeights, default_weights
 from jaxpot.train.metrics import evaluate
 from jaxpot.train.model_setup import attach_element_refs, build_model, species_index
+from jaxpot.train.sharding import data_parallel, is_writer
 from jaxpot.train.state import BudgetSchedule, TrainState, make_optimizer
 from jaxpot.train.step import make_eval_step, make_train_step
 
@@ -132,6 +133,7 @@ def fit(
     budget: TimeBudget | None = None,
     checkpointer: Checkpointer | None = None,
     place: Callable | None = None,
+    devices: int | Sequence | None = None,
 ) -> FitResult:
     """Train ``potential`` from ``params`` with Optax, EMA, early stopping and checkpoints.
 
@@ -171,6 +173,11 @@ def fit(
         its fingerprint guards against resuming a different run.
       place: ``batch -> batch`` applied to every batch before the step (device placement or
         sharding; default: as the loader made it).
+      devices: data-parallel training over several devices (:mod:`jaxpot.train.sharding`): a
+        count, a list of devices, or None for ``config.devices`` (None there too: all
+        devices, as many as divide the batch sizes). Batches are split along their leading
+        axis, parameters replicated; with several processes (``jax.distributed``) only
+        process 0 writes the checkpoint and the metrics CSV.
 
     Returns:
       A :class:`FitResult`.
@@ -185,7 +192,8 @@ def fit(
     ckpt = checkpointer or Checkpointer(checkpoint_path)
     trainer = _Trainer(potential, params, train_data, valid_data, config, budget=budget,
                        weights=weights, stats=stats, frozen=frozen, reserve_s=reserve_s,
-                       place=place, checkpointer=ckpt)
+                       place=place, checkpointer=ckpt,
+                       devices=getattr(config, "devices", None) if devices is None else devices)
     if meta_extra:
         trainer.meta.update(meta_extra)
     if resume and ckpt.exists():
@@ -206,7 +214,7 @@ class _Trainer:
 
     def __init__(self, potential, params, train_data, valid_data, config: TrainConfig, *,
                  budget: TimeBudget, weights, stats, frozen, reserve_s: float, place,
-                 checkpointer: Checkpointer):
+                 checkpointer: Checkpointer, devices=None):
         self.t_start = time.monotonic()
         if config.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError("dtype float64 needs 64-bit JAX: run inside `with "
@@ -221,10 +229,13 @@ class _Trainer:
             weights = _weights_from_config(config, stats or jdata.statistics(train_data))
         self.weights = weights
         self.shapes = choose_shapes([train_data, valid_data], config.max_shapes)
+        eval_batch = config.eval_batch_size or config.batch_size
+        self.dp = data_parallel(devices, batch_sizes=(config.batch_size, eval_batch))
+        put = jax.device_put if self.dp is None else self.dp.put
         self.loader = jdata.BatchLoader(train_data, config.batch_size, shapes=self.shapes,
-                                        shuffle=True, seed=config.seed, dtype=dtype)
-        self.vloader = jdata.BatchLoader(valid_data, config.eval_batch_size or config.batch_size,
-                                         shapes=self.shapes, shuffle=False, dtype=dtype)
+                                        shuffle=True, seed=config.seed, dtype=dtype, put=put)
+        self.vloader = jdata.BatchLoader(valid_data, eval_batch, shapes=self.shapes,
+                                         shuffle=False, dtype=dtype, put=put)
         self.steps_per_epoch = len(self.loader)
         # Without an epoch cap a budgeted run trains until its time is up (the schedule follows
         # the clock); an unbudgeted one stops after 100 epochs. Early stopping by default only
@@ -243,7 +254,7 @@ class _Trainer:
             weights.stress > 0 or valid_data.has_stress)
         self.traces_before = self.train_step.n_traces
         params = jax.tree.map(lambda x: jax.numpy.asarray(x, _leaf_dtype(x, dtype)), params)
-        self.state = TrainState.create(params, optimizer, seed=config.seed)
+        self.state = self.replicated(TrainState.create(params, optimizer, seed=config.seed))
         self.meta = {"epoch": 0, "batch": 0, "history": [], "best": None, "bad_epochs": 0,
                      "accum": None, "seed": config.seed, "potential": potential.config,
                      "weights": list(weights), "steps_per_epoch": self.steps_per_epoch,
@@ -270,11 +281,17 @@ class _Trainer:
         self.meta.update(saved)
         self.meta["stop_reason"] = None
         self.schedule.progress = float(self.meta.get("lr_progress", 0.0))
-        self.state, self.best_params = state, best_params
+        self.state = self.replicated(state)
+        self.best_params = None if best_params is None else self.replicated(best_params)
+
+    def replicated(self, tree):
+        """``tree`` on every device of the data-parallel mesh (as it is on one device)."""
+        return tree if self.dp is None else self.dp.replicate(tree)
 
     def save(self, state=None) -> None:
         self.meta.update(history=self.meta["history"], lr_progress=self.schedule.progress)
-        self.ckpt.save(self.state if state is None else state, self.best_params, self.meta)
+        if is_writer():
+            self.ckpt.save(self.state if state is None else state, self.best_params, self.meta)
 
     # -- the clock -------------------------------------------------------------------------
 
@@ -435,7 +452,7 @@ class _Trainer:
             self.meta["bad_epochs"] = int(self.meta["bad_epochs"]) + 1
         early = self.patience is not None and self.meta["bad_epochs"] >= self.patience
         self.meta.update(epoch=epoch + 1, batch=0, accum=None, early_stopped=bool(early))
-        if csv_path is not None:
+        if csv_path is not None and is_writer():
             _write_csv(csv_path, self.meta["history"])
         self.save()
         if verbose:
