@@ -33,6 +33,7 @@ FAMILIES: dict[str, str] = {
     "sum": "jaxpot.potential",
     "lennard_jones": "jaxpot.potentials.pair",
     "morse": "jaxpot.potentials.pair",
+    "emt": "jaxpot.potentials.emt",
     "with_element_refs": "jaxpot.potentials.offsets",
     "nequip": "jaxpot.models.nequip",
     "mace": "jaxpot.models.mace",

@@ -4,8 +4,9 @@ Each factory returns a :class:`jaxpot.Potential` whose parameters live in ``para
 can be fitted with ``jax.grad``.
 """
 
+from jaxpot.potentials.emt import emt
 from jaxpot.potentials.offsets import element_refs_table, with_element_refs
 from jaxpot.potentials.pair import lennard_jones, morse, pair_atomic_energies, pair_energy
 
-__all__ = ["element_refs_table", "lennard_jones", "morse", "pair_atomic_energies", "pair_energy",
-           "with_element_refs"]
+__all__ = ["element_refs_table", "emt", "lennard_jones", "morse", "pair_atomic_energies",
+           "pair_energy", "with_element_refs"]
