@@ -335,6 +335,9 @@ class Neighbors:
         list along a non-periodic direction, or the cell deformed beyond what ``spec`` covers.
       max_count: scalar int32, the largest number of neighbours any atom had at the last rebuild.
       spec: static :class:`NeighborSpec`.
+      reference_cell: ``[3, 3]`` cell at the last rebuild, Å (set by :func:`allocate`); with
+        it the skin test of :func:`update` also accounts for a cell that changed (NPT). None
+        (a list built by hand) means positions-only skin tests.
     """
 
     senders: jax.Array
@@ -344,6 +347,7 @@ class Neighbors:
     overflow: jax.Array
     max_count: jax.Array
     spec: NeighborSpec = struct.field(pytree_node=False)
+    reference_cell: jax.Array | None = None
 
     def attach(self, system):
         """Return ``system`` with this list's edges."""
@@ -595,26 +599,56 @@ def rebuild(neighbors: Neighbors, system) -> Neighbors:
         reference_positions=positions,
         overflow=neighbors.overflow | geom_overflow | (max_count > m),
         max_count=jnp.maximum(neighbors.max_count, max_count),
+        reference_cell=None if neighbors.reference_cell is None else cell,
     )
 
 
-def needs_rebuild(neighbors: Neighbors, positions: jax.Array, atom_mask: jax.Array) -> jax.Array:
-    """True if some real atom moved more than half the skin since the last rebuild."""
-    disp = positions - neighbors.reference_positions
+def needs_rebuild(neighbors: Neighbors, positions: jax.Array, atom_mask: jax.Array,
+                  cell: jax.Array | None = None) -> jax.Array:
+    """True if the list may miss a pair within the cutoff at ``positions`` (and ``cell``).
+
+    With a fixed cell: some real atom moved more than half the skin since the last rebuild.
+    With a cell that changed since the last rebuild (``cell`` given and the list carries its
+    ``reference_cell``), the test runs in the reference cell: positions are mapped back by the
+    deformation ``F`` (``cell = reference_cell · F``, rows are lattice vectors), their largest
+    displacement ``δ`` there bounds every pair's change (same image shifts), and a pair left
+    out at ``|r| ≥ cutoff + skin`` is still farther than ``σ_min(F) (cutoff + skin − 2δ)`` now;
+    the list is rebuilt unless that stays above the cutoff. Pure scaling of positions with the
+    cell (a barostat step) moves no atom in the reference cell, so only the strain counts.
+    """
+    spec = neighbors.spec
+    ref_cell = neighbors.reference_cell
+    if cell is None or ref_cell is None:
+        disp = positions - neighbors.reference_positions
+        d2 = jnp.where(atom_mask, jnp.sum(disp * disp, axis=-1), 0.0)
+        return jnp.max(d2) > (0.5 * spec.skin) ** 2
+    pbc = jnp.asarray(spec.pbc)
+    spare = jnp.asarray(np.asarray(spec.box) if spec.box else np.eye(3), cell.dtype)
+    b_ref = jnp.where(pbc[:, None], ref_cell, spare)
+    b_now = jnp.where(pbc[:, None], cell, spare)
+    same = jnp.all(b_ref == b_now)
+    back = _mm(jnp.linalg.inv(b_now), b_ref)  # F⁻¹
+    mapped = jnp.where(same, positions, _mm(positions, back))
+    disp = mapped - neighbors.reference_positions
     d2 = jnp.where(atom_mask, jnp.sum(disp * disp, axis=-1), 0.0)
-    return jnp.max(d2) > (0.5 * neighbors.spec.skin) ** 2
+    delta = jnp.sqrt(jnp.max(d2)) if positions.shape[0] else jnp.zeros((), cell.dtype)
+    sigma = jnp.where(same, 1.0, 1.0 / jnp.linalg.norm(back, ord=2))
+    return sigma * (spec.cutoff + spec.skin - 2.0 * delta) <= spec.cutoff
 
 
 def update(neighbors: Neighbors, system) -> Neighbors:
     """Rebuild if needed (jittable); with ``skin == 0`` it rebuilds every call.
 
-    The skin test looks at positions only. After changing ``system.cell`` (strain, a barostat)
-    call :func:`rebuild`, which also sets ``overflow`` if the spec no longer covers the cell.
+    The skin test (:func:`needs_rebuild`) looks at the positions and, for a list from
+    :func:`allocate`, at ``system.cell``: a cell that changes every step (NPT, a strain ramp)
+    triggers a rebuild once its strain could bring a left-out pair within the cutoff; the
+    rebuild sets ``overflow`` if the spec no longer covers the new cell (bins narrower than
+    ``cutoff + skin``, too few image shifts, overfull bins).
     """
     if neighbors.spec.skin <= 0:
         return rebuild(neighbors, system)
     return jax.lax.cond(
-        needs_rebuild(neighbors, system.positions, system.atom_mask),
+        needs_rebuild(neighbors, system.positions, system.atom_mask, system.cell),
         lambda nb: rebuild(nb, system),
         lambda nb: nb,
         neighbors,
@@ -698,6 +732,7 @@ def allocate(
         overflow=jnp.zeros((), bool),
         max_count=jnp.zeros((), jnp.int32),
         spec=spec,
+        reference_cell=jnp.asarray(system.cell),
     )
     return _rebuild_jit(empty, system)
 

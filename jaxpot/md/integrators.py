@@ -230,7 +230,7 @@ def _initial_state(force: ForceProvider, key, system, neighbors, kT, momenta,
 
     # A list from ``allocate`` is fresh at these positions; refresh (eagerly) only if stale, so
     # that this jitted first evaluation holds no copy of the rebuild code (faster compiles).
-    if bool(nb.needs_rebuild(neighbors, system.positions, system.atom_mask)):
+    if bool(nb.needs_rebuild(neighbors, system.positions, system.atom_mask, system.cell)):
         neighbors = nb.rebuild(neighbors, system)
     if bool(neighbors.overflow):
         raise ValueError(

@@ -40,13 +40,14 @@ from jaxpot.md.integrators import (
     nose_hoover,
     nve,
 )
+from jaxpot.md.npt import c_rescale, check_npt_options
 from jaxpot.md.trajectory import Trajectory, write_trajectory
 from jaxpot.potential import Potential
 from jaxpot.system import System
 
 __all__ = ["MDResult", "simulate", "ENSEMBLES", "Observer", "StopPredicate"]
 
-ENSEMBLES = ("nve", "langevin", "nose-hoover")
+ENSEMBLES = ("nve", "langevin", "nose-hoover", "npt")
 _BLOCK_STEPS = 200  # aim for blocks of about this many steps between host checks
 
 Observer = Callable[[Any, ForceOutput], dict]
@@ -117,7 +118,11 @@ class MDResult:
 # ------------------------------------------------------------------------------ set-up pieces
 
 
-def _integrator(ensemble, force, dt, kT, friction, tau) -> Integrator:
+def _integrator(ensemble, force, dt, kT, friction, tau, npt=None) -> Integrator:
+    if ensemble == "npt":
+        return c_rescale(force, None, dt, kT, friction, npt["pressure"], npt["tau_p"],
+                         compressibility=npt["compressibility"], cell_dof=npt["cell_dof"],
+                         mask=npt["mask"])
     if ensemble == "nve":
         return nve(force, None, dt)
     if ensemble == "langevin":
@@ -225,13 +230,19 @@ class _Config:
     want_frames: bool
     observe: Observer | None
     with_atomic: bool
+    npt: Any = None  # dict(pressure eV/Å³, tau_p, compressibility Å³/eV, cell_dof, mask)
+
+    def integrator(self, force, kT) -> Integrator:
+        """The ensemble's integrator around ``force`` (bath ``kT``, eV)."""
+        npt = None if self.npt is None else dict(self.npt)
+        return _integrator(self.ensemble, force, self.dt, kT, self.friction, self.tau, npt)
 
 
 def _observe(cfg: _Config, force, s) -> dict:
     """Observations at a log point (traced): energies, virial pressure, frames, observers."""
     sysm = s.system
     obs = {"pe": s.energy, "ke": kinetic_energy(s.momenta, sysm.masses, sysm.atom_mask),
-           "virial_p": -jnp.trace(s.stress) / 3.0}
+           "virial_p": -jnp.trace(s.stress) / 3.0, "cell_now": sysm.cell}
     if cfg.want_frames:
         obs.update(positions=sysm.positions, momenta=s.momenta, cell=sysm.cell)
     if cfg.observe is not None:
@@ -247,7 +258,7 @@ def _block_fn(cfg: _Config):
 
     def block(params, state, kT_table):
         force = provider(cfg.potential, params)
-        integ = _integrator(cfg.ensemble, force, cfg.dt, None, cfg.friction, cfg.tau)
+        integ = cfg.integrator(force, None)
 
         def one(s, kT):
             return integ.step(s.replace(kT=kT)), None
@@ -284,11 +295,21 @@ class _Blocks:
 # ------------------------------------------------------------------------------ the log
 
 
+def _cell_columns(cells: np.ndarray, volume: np.ndarray, total_mass: float) -> dict:
+    """NPT log columns: volume (Å³), lattice-vector lengths (Å), density (g/cm³)."""
+    lengths = np.linalg.norm(cells, axis=-1)
+    grams = total_mass * units._amu * 1e3
+    return {"volume_a3": volume, "cell_a": lengths[:, 0], "cell_b": lengths[:, 1],
+            "cell_c": lengths[:, 2], "density_g_cm3": grams / (volume * 1e-24)}
+
+
 class _Log:
     """Log rows and trajectory frames, gathered block by block on the host."""
 
-    def __init__(self, *, dt_fs, dof, volume, trajectory_every, system):
-        self.dt_fs, self.dof, self.volume = dt_fs, dof, volume
+    def __init__(self, *, dt_fs, dof, volume, trajectory_every, system, npt=False):
+        self.dt_fs, self.dof, self.volume, self.npt = dt_fs, dof, volume, npt
+        mask = np.asarray(system.atom_mask, bool)
+        self.total_mass = float(np.asarray(system.masses, np.float64)[mask].sum())
         self.every = trajectory_every
         self.mask = np.asarray(system.atom_mask, bool)
         self.cols: dict[str, list] = {}
@@ -304,8 +325,12 @@ class _Log:
                 "temperature_k": 2.0 * ke / (self.dof * units.kB),
                 "target_temperature_k": np.asarray(t_target, np.float64)}
         if self.volume:
+            cells = np.asarray(obs["cell_now"], np.float64)
+            volume = np.abs(np.linalg.det(cells))
             rows["pressure_gpa"] = (np.asarray(obs["virial_p"], np.float64)
-                                    + 2.0 * ke / (3.0 * self.volume)) / units.GPa
+                                    + 2.0 * ke / (3.0 * volume)) / units.GPa
+            if self.npt:
+                rows.update(_cell_columns(cells, volume, self.total_mass))
         rows.update({k: np.asarray(v) for k, v in obs.get("user", {}).items()})
         for k, v in rows.items():
             self.cols.setdefault(k, []).append(v)
@@ -397,7 +422,7 @@ def _initial(cfg: _Config, params, system, keeper, *, seed, kT0, momenta):
     """Neighbour list, initial state and the step-0 observations (host + one small jit)."""
     nbrs = keeper.allocate(system)
     force = provider(cfg.potential, params)
-    integ = _integrator(cfg.ensemble, force, cfg.dt, kT0, cfg.friction, cfg.tau)
+    integ = cfg.integrator(force, kT0)
     state = integ.init(jax.random.key(seed), system, nbrs, kT=kT0, momenta=momenta)
     obs = jax.jit(lambda p, s: _observe(cfg, provider(cfg.potential, p), s))(params, state)
     return state, jax.device_get(obs)
@@ -446,6 +471,12 @@ def simulate(
     atomic: bool | None = None,
     block_steps: int | None = None,
     max_energy_error_per_atom: float | None = None,
+    pressure_gpa: float = 0.0,
+    barostat: str = "c-rescale",
+    cell_dof: str = "iso",
+    cell_mask: Sequence[bool] = (True, True, True),
+    tau_p_fs: float = 1000.0,
+    compressibility_per_gpa: float = 0.1,
 ) -> MDResult:
     """Run molecular dynamics with jitted, fused steps.
 
@@ -454,8 +485,10 @@ def simulate(
       params: its parameters.
       system: the starting structure (unbatched; its edges are ignored, a jitted neighbour list
         with a Verlet ``skin`` is allocated from it).
-      ensemble: ``"nve"`` (velocity Verlet), ``"langevin"`` (BAOAB) or ``"nose-hoover"``
-        (Nosé–Hoover chain of length 3).
+      ensemble: ``"nve"`` (velocity Verlet), ``"langevin"`` (BAOAB), ``"nose-hoover"``
+        (Nosé–Hoover chain of length 3) or ``"npt"`` (stochastic cell rescaling + BAOAB
+        Langevin, :mod:`jaxpot.md.npt`; the log gains ``volume_a3``, ``cell_a``, ``cell_b``,
+        ``cell_c``, ``density_g_cm3``).
       dt_fs: time step, fs.
       temperature_kelvin: bath temperature, K: a number, a ``(start, end)`` pair for a linear
         ramp over the run, or a callable ``step -> K`` (called on the host with an integer
@@ -488,6 +521,14 @@ def simulate(
         predicate is checked this often.
       max_energy_error_per_atom: NVE blow-up threshold on ``|E_tot(t) − E_tot(0)| / N``, eV;
         default ``max(0.005, 0.75 kT)`` (see :mod:`jaxpot.md.checks`); ``inf`` disables it.
+      pressure_gpa: NPT target pressure, GPa.
+      barostat: NPT barostat: ``"c-rescale"`` (stochastic cell rescaling).
+      cell_dof: NPT cell freedom: ``"iso"``, ``"aniso"`` or ``"full"``.
+      cell_mask: three booleans, the lattice directions the barostat may move (e.g.
+        ``(True, True, False)`` keeps a slab's vacuum along z).
+      tau_p_fs: NPT barostat relaxation time, fs.
+      compressibility_per_gpa: NPT compressibility guess β_T, 1/GPa (only ``β_T/τ_p``
+        matters: the speed of the volume relaxation, not its distribution).
 
     Returns:
       An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
@@ -524,13 +565,23 @@ def simulate(
                          "thermostat (ensemble='langevin' or 'nose-hoover'); NVE uses "
                          "temperature_kelvin only for the initial momenta")
     kelvin_all_max = float(np.max(sampled))
+    npt = None
+    if ensemble == "npt":
+        check_npt_options(system, pressure_gpa=pressure_gpa, barostat=barostat,
+                          cell_dof=cell_dof, mask=cell_mask, tau_p_fs=tau_p_fs,
+                          compressibility_per_gpa=compressibility_per_gpa,
+                          friction_per_fs=friction_per_fs)
+        npt = (("pressure", float(pressure_gpa) * units.GPa),
+               ("tau_p", float(tau_p_fs) * units.fs),
+               ("compressibility", float(compressibility_per_gpa) / units.GPa),
+               ("cell_dof", cell_dof), ("mask", tuple(bool(m) for m in cell_mask)))
     observe = _as_observer(observers)
     cfg = _Config(potential=potential, ensemble=ensemble, dt=dt_fs * units.fs,
                   friction=float(friction_per_fs) / units.fs, tau=float(tau_fs) * units.fs,
                   periodic=bool(np.all(np.asarray(system.pbc))),
                   want_frames=trajectory_every is not None, observe=observe,
                   with_atomic=(observe is not None and potential.atomic is not None
-                               if atomic is None else bool(atomic)))
+                               if atomic is None else bool(atomic)), npt=npt)
     mask = np.asarray(system.atom_mask, bool)
     volume = (float(abs(np.linalg.det(np.asarray(system.cell, np.float64))))
               if cfg.periodic else 0.0)
@@ -540,7 +591,7 @@ def simulate(
     kT0 = float(schedule(np.zeros(1))[0]) * units.kB
     state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta)
     log = _Log(dt_fs=dt_fs, dof=degrees_of_freedom(mask), volume=volume,
-               trajectory_every=trajectory_every, system=system)
+               trajectory_every=trajectory_every, system=system, npt=npt is not None)
     monitor = _first_row(log, obs0, schedule, system, ensemble=ensemble, dt_fs=dt_fs,
                          kelvin_max=kelvin_all_max, tolerance=max_energy_error_per_atom)
     blocks = _Blocks(cfg, params)
