@@ -40,6 +40,8 @@ FAMILIES: dict[str, str] = {
     "bpnn": "jaxpot.models.bpnn",
     "gap": "jaxpot.models.gap",
     "hybrid": "jaxpot.models.hybrid",
+    "coulomb": "jaxpot.potentials.coulomb",
+    "born_mayer_huggins": "jaxpot.potentials.bmh",
 }
 """Family name → the jaxpot module that registers it."""
 

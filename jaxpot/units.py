@@ -17,6 +17,7 @@ import math
 __all__ = [
     "Ang", "nm", "Bohr", "eV", "Hartree", "kJ", "kcal", "mol", "J", "C", "kB", "amu", "kg",
     "s", "second", "fs", "ps", "ns", "GPa", "Pascal", "bar", "_e", "_amu", "_hbar",
+    "coulomb_constant",
 ]
 
 # CODATA 2014 (as ase.units uses by default)
@@ -54,3 +55,8 @@ ns = 1e-9 * second
 Pascal = (1.0 / _e) / 1e30  # eV/Å³
 GPa = 1e9 * Pascal
 bar = 1e5 * Pascal
+
+coulomb_constant = 14.399645
+"""``e²/(4π ε₀)`` in eV·Å: the energy of two unit charges 1 Å apart. The value LAMMPS uses
+(``qqr2e`` of ``units metal``), so jaxpot's electrostatics reproduce LAMMPS labels exactly; the
+CODATA 2014 value is 14.39964535 (2e-8 relative difference)."""
