@@ -74,10 +74,20 @@ class NeighborKeeper:
     growth: float = 1.5
     n_reallocations: int = 0
 
+    def __post_init__(self):
+        self._requested = self.method
+
     def allocate(self, system, *, min_capacity: int = 0) -> Neighbors:
-        """A list for ``system``'s positions and cell (see :func:`jaxpot.neighbors.allocate`)."""
+        """A list for ``system``'s positions and cell (see :func:`jaxpot.neighbors.allocate`).
+
+        A cell list chosen by ``"auto"`` that the cell has outgrown (a box compressed under
+        NPT until fewer than 3 bins fit) falls back to ``"auto"``'s choice for the new cell.
+        """
+        method = self.method
+        if self._requested == "auto" and method == "cell" and not _cell_fits(system, self):
+            method = "auto"
         nbrs = nb.allocate(system, self.cutoff, skin=self.skin,
-                           capacity_multiplier=self.capacity_multiplier, method=self.method,
+                           capacity_multiplier=self.capacity_multiplier, method=method,
                            min_capacity=min_capacity)
         self.method = nbrs.spec.method
         return nbrs
@@ -97,6 +107,14 @@ class NeighborKeeper:
             min_cap = max(int(math.ceil(spec.max_neighbors * self.growth)),
                           int(math.ceil(int(np.asarray(failed.max_count)) * 1.25)) + 1)
         return self.allocate(system, min_capacity=max(min_cap, spec.max_neighbors))
+
+
+def _cell_fits(system, keeper: NeighborKeeper) -> bool:
+    """Whether every periodic direction of ``system``'s cell still holds 3 cell-list bins."""
+    pbc = np.asarray(system.pbc, bool)
+    basis = nb.complete_basis(np.asarray(system.cell, np.float64), pbc)
+    width = 1.0 / np.linalg.norm(np.linalg.inv(basis), axis=0)
+    return bool(np.all(~pbc | (width >= 3.0 * (keeper.cutoff + keeper.skin))))
 
 
 def _diagnose(failed: Neighbors, attempts: int, where: str, system) -> str:
