@@ -149,9 +149,82 @@ def _direct_coulomb(widths: np.ndarray | None) -> _qeq.CoulombFn:
     return fn
 
 
+def _structure_factor_sq(q, frac, kmax, dtype):
+    """``|S(m)|²`` on the integer grid ``|m_d| ≤ kmax[d]`` (``[A, B, C]``), from per-direction
+    phase tables ``exp(2πi m f_d)`` of the fractional coordinates (no trigonometry per k)."""
+    tables = []
+    for d in range(3):
+        m = jnp.arange(-kmax[d], kmax[d] + 1, dtype=dtype)
+        tables.append(jnp.exp(2j * jnp.pi * frac[:, d, None] * m[None, :]))
+    t = (q[:, None, None] * tables[0][:, :, None] * tables[1][:, None, :])
+    s = jnp.einsum("iab,ic->abc", t, tables[2], precision=jax.lax.Precision.HIGHEST)
+    return s.real**2 + s.imag**2
+
+
+def _ewald_coulomb(rcut: float, tol: float, max_lengths) -> _qeq.CoulombFn:
+    """Ewald sum of point charges in a periodic cell (tinfoil boundary).
+
+    Splitting ``α = sqrt(−ln tol)/rcut``; real space over the edges shorter than ``rcut``
+    (each pair seen twice in the full list); reciprocal space over a static integer grid that
+    covers ``|k| < 2α sqrt(−ln tol)`` for cells whose lattice vectors are at most
+    ``max_lengths`` Å long (a longer one gives NaN, never a silently wrong energy). Includes
+    the self term and the neutralising background of a charged cell.
+    """
+    eta = float(np.sqrt(-np.log(tol)))
+    alpha = eta / float(rcut)
+    kcut = 2.0 * alpha * eta
+    kmax = [int(np.ceil(kcut * float(x) / (2 * np.pi))) for x in max_lengths]
+    grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in kmax], indexing="ij"), -1)
+
+    def fn(system, charges):
+        dtype = system.positions.dtype
+        hi = jax.lax.Precision.HIGHEST
+        q = jnp.where(system.atom_mask, charges, 0.0)
+        vec = system.edge_vectors()
+        r2 = jnp.sum(vec * vec, -1)
+        inside = system.edge_mask & (r2 < rcut * rcut)
+        r = jnp.sqrt(jnp.where(inside, r2, 1.0))
+        last = q.shape[0] - 1
+        qq = q[jnp.minimum(system.senders, last)] * q[jnp.minimum(system.receivers, last)]
+        real = 0.5 * jnp.sum(jnp.where(inside, qq * jax.scipy.special.erfc(alpha * r) / r, 0.0))
+        flat = jnp.abs(jnp.linalg.det(system.cell)) < 1e-6  # an empty padding frame's cell
+        cell = jnp.where(flat, jnp.eye(3, dtype=dtype) * 100.0, system.cell)
+        volume = jnp.abs(jnp.linalg.det(cell))
+        inv = jnp.linalg.inv(cell)
+        k = jnp.matmul(jnp.asarray(grid, dtype), 2.0 * jnp.pi * inv.T, precision=hi)
+        k2 = jnp.sum(k * k, -1)
+        use = (k2 < kcut * kcut) & (k2 > 0)
+        safe = jnp.where(use, k2, 1.0)
+        weight = jnp.where(use, jnp.exp(-safe / (4 * alpha * alpha)) / safe, 0.0)
+        frac = jnp.matmul(system.positions, inv, precision=hi)
+        s2 = _structure_factor_sq(q, frac, kmax, dtype)
+        reciprocal = 2.0 * jnp.pi / volume * jnp.sum(weight * s2)
+        self_e = -alpha / jnp.sqrt(jnp.pi) * jnp.sum(q * q)
+        background = -jnp.pi / (2 * volume * alpha**2) * jnp.sum(q) ** 2
+        lengths = jnp.linalg.norm(cell, axis=1)
+        ok = flat | jnp.all(lengths <= jnp.asarray(max_lengths, dtype) * (1 + 1e-9))
+        e = COULOMB_CONSTANT * (real + reciprocal + self_e + background)
+        return jnp.where(ok, e, jnp.nan)
+
+    fn.cutoff = float(rcut)
+    return fn
+
+
 def _coulomb_fn(options: dict, widths: np.ndarray | None) -> _qeq.CoulombFn:
-    """``(system, charges) -> eV``."""
-    return _direct_coulomb(widths)
+    """``(system, charges) -> eV``: an Ewald sum for periodic cells, else a direct sum."""
+    known = {"rcut", "tol", "max_lengths", "periodic"}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"hybrid: unknown coulomb_options {sorted(unknown)}; known: "
+                         f"{sorted(known)}")
+    if not options.get("periodic", True):
+        return _direct_coulomb(widths)
+    if widths is not None:
+        raise ValueError("hybrid: Gaussian charge widths need the non-periodic direct sum "
+                         "(coulomb_options={'periodic': False}) until jaxpot.potentials.coulomb "
+                         "provides a periodic sum of Gaussian charges")
+    return _ewald_coulomb(float(options.get("rcut", 5.0)), float(options.get("tol", 1e-5)),
+                          tuple(options.get("max_lengths", (16.0, 16.0, 32.0))))
 
 
 def _species_idx(table, system):
@@ -255,8 +328,12 @@ def _coulomb_offsets(parts: _Parts, params, train_set) -> np.ndarray:
     fn = jax.jit(parts.charge_energy)
     zeroed = {**params, LONG: {**params[LONG],
                                "coulomb_shift": jnp.zeros_like(params[LONG]["coulomb_shift"])}}
-    for s in list(train_set)[:_PREPARE_MAX]:
-        system = s.system(dtype=np.asarray(params[LONG]["coulomb_shift"]).dtype)
+    chosen = list(train_set)[:_PREPARE_MAX]
+    n_atoms = max(s.n_atoms for s in chosen)  # one padded shape: one compilation
+    n_edges = max(s.n_edges for s in chosen)
+    for s in chosen:
+        system = s.system(n_atoms=n_atoms, n_edges=n_edges,
+                          dtype=np.asarray(params[LONG]["coulomb_shift"]).dtype)
         targets.append(float(fn(zeroed, system)))
         idx = parts.table[np.asarray(s.numbers)]
         rows.append(np.bincount(idx, minlength=parts.n_species))
@@ -264,8 +341,20 @@ def _coulomb_offsets(parts: _Parts, params, train_set) -> np.ndarray:
     return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
+def _check_neutral(parts: _Parts, train_set) -> None:
+    """Fixed charges must make every training structure neutral (a wrong --charges)."""
+    for i, s in enumerate(train_set):
+        total = float(np.sum(parts.fixed[np.asarray(s.numbers)]))
+        if abs(total) > 1e-6:
+            raise ValueError(f"{s.source or f'training structure {i}'}: the fixed charges give "
+                             f"a total charge of {total:g} e, not 0 (check --charges / "
+                             "charge_values)")
+
+
 def _prepare_fn(parts: _Parts):
     def prepare(params, train_set):
+        if parts.mode == "fixed":
+            _check_neutral(parts, train_set)
         short_prepare = parts.short.prepare
         if short_prepare is not None:
             params = {**short_prepare(parts.short_params(params), train_set), LONG: params[LONG]}

@@ -5,6 +5,8 @@
     jaxpot train [CONFIG.yaml] [--train PATH] [--valid PATH] [--model NAME] [--cutoff Å]
                  [--epochs N] [--batch-size B] [--lr LR] [--time-budget-min M] [--seed S]
                  [--out DIR] [--resume | --restart] [--keep-incomplete]
+                 [--long-range {none,fixed-charges,predicted-charges,qeq}]
+                 [--charges Na=1,Cl=-1] [--dispersion {none,d3bj,fitted}]
     jaxpot eval MODEL DATA.xyz [--batch-size B]
 
 Flags override the YAML file's fields (:class:`jaxpot.train.TrainConfig`); flags alone are
@@ -63,6 +65,8 @@ def _cmd_train(args) -> int:
         "allow_partial_labels": True if args.allow_partial_labels else None,
         "check_units": False if args.no_unit_check else None,
         "check_outliers": False if args.no_outlier_check else None,
+        "long_range": getattr(args, "long_range", None), "charges": getattr(args, "charges", None),
+        "dispersion": getattr(args, "dispersion", None),
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -169,6 +173,14 @@ def register(subparsers) -> None:
                    help="skip the energy/force unit consistency check")
     p.add_argument("--no-outlier-check", action="store_true",
                    help="accept frames whose energy per atom is far off the rest")
+    p.add_argument("--long-range", choices=["none", "fixed-charges", "predicted-charges", "qeq"],
+                   help="add electrostatics: train a hybrid of --model (short range) and the "
+                        "Coulomb energy of fixed, predicted or QEq charges (default none)")
+    p.add_argument("--charges", metavar="EL=Q,...",
+                   help="per-element charges in e for --long-range fixed-charges, e.g. "
+                        "Na=1,Cl=-1")
+    p.add_argument("--dispersion", choices=["none", "d3bj", "fitted"],
+                   help="add a dispersion term to the hybrid model (default none)")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser(

@@ -14,7 +14,8 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "dtype": "--dtype", "out": "--out", "model_kwargs": "--model-kwargs",
          "keep_incomplete": "--keep-incomplete",
          "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
-         "check_outliers": "--no-outlier-check"}
+         "check_outliers": "--no-outlier-check", "long_range": "--long-range",
+         "charges": "--charges", "dispersion": "--dispersion"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -72,6 +73,13 @@ class TrainConfig:
       check_units: refuse energies and forces whose units disagree (e.g. kcal/mol energies
         with eV/Å forces), judged from the work of the forces between similar frames.
       check_outliers: refuse frames whose energy per atom is wildly off the rest.
+      long_range: ``none``, ``fixed-charges``, ``predicted-charges`` or ``qeq``: anything but
+        ``none`` trains a :func:`jaxpot.models.hybrid.hybrid` model whose short-range part is
+        ``model`` (with ``model_kwargs``); :meth:`validate` rewrites ``model`` to ``"hybrid"`` and
+        ``model_kwargs`` to the hybrid's options.
+      charges: ``{element: charge in e}`` (or the flag's ``"Na=1,Cl=-1"``), required by
+        ``fixed-charges`` and refused by the other modes.
+      dispersion: ``none``, ``d3bj`` or ``fitted``: a dispersion term added to the hybrid.
     """
 
     train: str | None = None
@@ -112,6 +120,9 @@ class TrainConfig:
     allow_partial_labels: bool = False
     check_units: bool = True
     check_outliers: bool = True
+    long_range: str = "none"
+    charges: dict | str | None = None
+    dispersion: str = "none"
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -161,6 +172,7 @@ class TrainConfig:
         if all(w is not None for w in weights) and not any(weights):
             raise ValueError("training options 'energy_weight', 'forces_weight' and "
                              "'stress_weight' are all 0: nothing to train on")
+        _apply_long_range(self)
         return self
 
     def to_dict(self) -> dict:
@@ -230,3 +242,83 @@ def _check_range(option, value, lo, hi, lo_open, none_ok) -> None:
             "patience": " (leave it unset to disable early stopping with a budget)",
             "lr": ""}.get(option, "")
     raise ValueError(f"{_name(option)} must be {rule}, got {value!r}{hint}")
+
+
+LONG_RANGE = {"none": None, "fixed-charges": "fixed", "predicted-charges": "predicted",
+              "qeq": "qeq"}
+"""``--long-range`` choice → the hybrid model's ``charges`` mode."""
+
+DISPERSION = ("none", "d3bj", "fitted")
+"""``--dispersion`` choices."""
+
+
+def parse_charges(value) -> dict[str, float]:
+    """``"Na=1,Cl=-1"`` or ``{"Na": 1, "Cl": -1}`` → ``{"Na": 1.0, "Cl": -1.0}``.
+
+    Raises:
+      ValueError: naming the entry that is not ``ELEMENT=NUMBER``, an unknown element, a
+        repeated one, or a charge that is not a finite number.
+    """
+    from ase.data import atomic_numbers
+
+    if isinstance(value, str):
+        items = []
+        for part in value.split(","):
+            if part.count("=") != 1 or not part.split("=")[0].strip():
+                raise ValueError(f"{_name('charges')}: {part.strip()!r} is not ELEMENT=CHARGE "
+                                 f"(e.g. --charges Na=1,Cl=-1)")
+            el, q = part.split("=")
+            items.append((el.strip(), q.strip()))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        raise ValueError(f"{_name('charges')} must be 'Na=1,Cl=-1' or a mapping, got {value!r}")
+    out: dict[str, float] = {}
+    for el, q in items:
+        if not isinstance(el, str) or el not in atomic_numbers or el == "X":
+            raise ValueError(f"{_name('charges')}: unknown element {el!r}")
+        if el in out:
+            raise ValueError(f"{_name('charges')}: element {el} given twice")
+        x = _number("charges", q, "float")
+        if not math.isfinite(x):
+            raise ValueError(f"{_name('charges')}: charge of {el} must be finite, got {q!r}")
+        out[el] = x
+    if not out:
+        raise ValueError(f"{_name('charges')} is empty")
+    return out
+
+
+def _apply_long_range(config: TrainConfig) -> None:
+    """Check the long-range options and turn ``model`` into the hybrid that wraps it."""
+    if config.long_range not in LONG_RANGE:
+        raise ValueError(f"{_name('long_range')} must be one of {list(LONG_RANGE)}, got "
+                         f"{config.long_range!r}")
+    if config.dispersion not in DISPERSION:
+        raise ValueError(f"{_name('dispersion')} must be one of {list(DISPERSION)}, got "
+                         f"{config.dispersion!r}")
+    mode = LONG_RANGE[config.long_range]
+    if mode is None:
+        if config.charges is not None:
+            raise ValueError(f"{_name('charges')} needs --long-range fixed-charges (the "
+                             f"long-range mode is {config.long_range!r})")
+        if config.dispersion != "none":
+            raise ValueError(f"{_name('dispersion')} {config.dispersion!r} needs a --long-range "
+                             "mode (a hybrid model)")
+        return
+    if mode == "fixed" and config.charges is None:
+        raise ValueError(f"--long-range fixed-charges needs {_name('charges')}, e.g. "
+                         "--charges Na=1,Cl=-1")
+    if mode != "fixed" and config.charges is not None:
+        raise ValueError(f"{_name('charges')} applies only to --long-range fixed-charges, not "
+                         f"{config.long_range!r} (those charges are learned)")
+    if config.charges is not None:
+        config.charges = parse_charges(config.charges)
+    if config.model == "hybrid":  # already rewritten (validate called again) or set by hand
+        return
+    kwargs = {"short": {"name": config.model, "kwargs": dict(config.model_kwargs)},
+              "charges": mode}
+    if mode == "fixed":
+        kwargs["charge_values"] = dict(config.charges)
+    if config.dispersion != "none":
+        kwargs["dispersion"] = config.dispersion
+    config.model, config.model_kwargs = "hybrid", kwargs
