@@ -34,6 +34,8 @@ FAMILIES: dict[str, str] = {
     "lennard_jones": "jaxpot.potentials.pair",
     "morse": "jaxpot.potentials.pair",
     "emt": "jaxpot.potentials.emt",
+    "d3": "jaxpot.potentials.dispersion",
+    "dispersion": "jaxpot.potentials.dispersion",
     "with_element_refs": "jaxpot.potentials.offsets",
     "nequip": "jaxpot.models.nequip",
     "mace": "jaxpot.models.mace",
