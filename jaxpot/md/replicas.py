@@ -1,0 +1,353 @@
+"""Many replicas in one run: MD and relaxation of a batch of systems, stepped by ``vmap``.
+
+A temperature scan, a strain scan or an ensemble of starting structures runs as one program:
+the systems are padded to one shape bucket (:func:`jaxpot.system.stack`), each gets its own
+neighbour list, seed, temperature and initial state, and one jitted block ``lax.scan``\\ s a
+``vmap``\\ ped integrator step over all of them. It compiles once for the whole batch.
+
+Neighbour lists: every replica has its own list (its own edges, overflow flag and count) but
+all lists share one static :class:`~jaxpot.neighbors.NeighborSpec` (all-pairs over the union
+of the replicas' image shifts, the largest capacity), so they stack into one pytree
+(:func:`allocate_replicas`). Inside the vmapped step the Verlet-skin test is reduced over the
+replicas (``lax.psum`` over the named vmap axis): when any replica needs a rebuild, all rebuild
+(a rebuild gives the same pairs within the cutoff, so no replica's physics changes), and the
+rebuild stays a real branch instead of a select that would rebuild every step. A block in which
+any replica's list overflowed is thrown away; all lists are reallocated at the block's start
+with more room and the block is redone, so no replica ever keeps a step computed on a
+truncated list and none is disturbed by another's overflow.
+
+The integrator is any ``Integrator(init, step)`` factory of :mod:`jaxpot.md` taking a
+:class:`~jaxpot.md.ForceProvider` (``nve``, ``langevin``, ``nose_hoover``, and the NPT
+integrator that ``md.simulate`` uses for ``ensemble="npt"``); per-replica temperatures travel in
+the state's ``kT`` (and pressures in its ``pressure``), which the thermostats read every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpot import neighbors as nb
+from jaxpot import units
+from jaxpot.md import relax as _relax
+from jaxpot.md.blocks import NeighborListError
+from jaxpot.md.forces import ForceOutput, ForceProvider
+from jaxpot.md.integrators import Integrator, kinetic_energy
+from jaxpot.md.run import _integrator
+from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
+from jaxpot.system import System, stack, unstack
+
+__all__ = ["ReplicaResult", "allocate_replicas", "relax_replicas", "simulate_replicas"]
+
+AXIS = "replica"  # name of the vmapped replica axis (for the collective skin test)
+
+
+def allocate_replicas(systems: Sequence[System], cutoff: float, *, skin: float = 0.5,
+                      capacity_multiplier: float = 1.25, min_capacity: int = 0) -> nb.Neighbors:
+    """One neighbour list per replica, sharing one static spec, stacked on a leading axis.
+
+    Args:
+      systems: unbatched systems of one shape (padded to one bucket).
+      cutoff, skin: interaction cutoff and Verlet skin, Å.
+      capacity_multiplier: head-room of the capacity (see :func:`jaxpot.neighbors.allocate`).
+      min_capacity: lower bound on the neighbour slots per atom.
+
+    Returns:
+      A :class:`~jaxpot.neighbors.Neighbors` with a leading ``[n_replicas]`` axis on every
+      array (all-pairs method, the union of the replicas' image shifts).
+
+    Raises:
+      ValueError: systems of different shapes or periodicity.
+    """
+    shapes = {(s.positions.shape, tuple(np.asarray(s.pbc, bool))) for s in systems}
+    if len(shapes) != 1:
+        raise ValueError(f"replicas must share one shape and pbc (pad them with "
+                         f"jaxpot.system.stack); got {sorted(shapes)}")
+    kw = dict(skin=skin, capacity_multiplier=capacity_multiplier, method="brute")
+    lists = [nb.allocate(s, cutoff, min_capacity=min_capacity, **kw) for s in systems]
+    m = max(li.spec.max_neighbors for li in lists)
+    lists = [li if li.spec.max_neighbors == m else nb.allocate(s, cutoff, min_capacity=m, **kw)
+             for li, s in zip(lists, systems)]
+    shifts = sorted(set().union(*(li.spec.shifts for li in lists)))
+    if not all(np.asarray(systems[0].pbc, bool)):
+        boxes = {li.spec.box for li in lists}
+        if len(boxes) > 1:
+            raise ValueError("replicas that are not periodic along every direction must share "
+                             "one cell")
+    spec = dataclasses.replace(lists[0].spec, max_neighbors=m, shifts=tuple(shifts))
+    batched = jax.tree.map(lambda *xs: jnp.stack(xs), *[li.replace(spec=spec) for li in lists])
+    return _rebuild_all(batched, jax.tree.map(lambda *xs: jnp.stack(xs), *systems))
+
+
+_rebuild_all = jax.jit(jax.vmap(nb.rebuild))
+
+
+class _ReplicaProvider(ForceProvider):
+    """A force provider whose skin test is shared by the replicas (inside ``vmap`` over
+    ``AXIS``): the rebuild is a real branch, taken when any replica needs it."""
+
+    def __call__(self, system, neighbors, positions, *, stress: bool = False) -> ForceOutput:
+        moved = system.replace(positions=positions)
+        need = nb.needs_rebuild(neighbors, positions, system.atom_mask, system.cell)
+        any_need = jax.lax.psum(need.astype(jnp.int32), AXIS) > 0
+        neighbors = jax.lax.cond(any_need, lambda n: nb.rebuild(n, moved), lambda n: n,
+                                 neighbors)
+        full = neighbors.attach(moved)
+        if stress:
+            e, f, sigma = energy_forces_stress(self.potential)(self.params, full)
+        else:
+            (e, f), sigma = energy_and_forces(self.potential)(self.params, full), None
+        return ForceOutput(energy=e, forces=f, stress=sigma, neighbors=neighbors, atomic={})
+
+
+class ReplicaResult(NamedTuple):
+    """What :func:`simulate_replicas` returns.
+
+    Attributes:
+      log: ``{name: [n_log, n_replicas]}``: ``step``, ``potential_energy_ev``,
+        ``kinetic_energy_ev``, ``total_energy_ev``, ``temperature_k`` (step 0 included).
+      positions: ``[n_log, n_replicas, n_atoms, 3]`` Å at the log points (padding included).
+      final_states: the batched integrator state.
+      final_systems: the replicas' final structures (unbatched, padding kept).
+      n_compiles: distinct block programs compiled (1 unless a list was reallocated or the
+        last block is shorter).
+      n_reallocations: blocks redone after an overflow.
+      wall_s: time of the steps after compilation, s.
+      atom_steps_per_s: real atoms × steps / ``wall_s``, summed over the replicas.
+    """
+
+    log: dict
+    positions: np.ndarray
+    final_states: Any
+    final_systems: list
+    n_compiles: int
+    n_reallocations: int
+    wall_s: float
+    atom_steps_per_s: float
+
+
+class _InitProvider(ForceProvider):
+    """Used only by ``Integrator.init``: a trivial step-0 evaluation (compiles in
+    milliseconds); the real one runs afterwards for all replicas in one vmapped program."""
+
+    def evaluate(self, system):
+        x = system.positions
+        return jnp.zeros((), x.dtype), jnp.zeros_like(x), jnp.zeros((3, 3), x.dtype)
+
+
+IntegratorFactory = Callable[[ForceProvider, Any], Integrator]
+
+
+def _factory(ensemble, dt_fs, friction_per_fs, tau_fs) -> IntegratorFactory:
+    def make(force, kT):
+        return _integrator(ensemble, force, dt_fs * units.fs, kT,
+                           float(friction_per_fs) / units.fs, float(tau_fs) * units.fs)
+    return make
+
+
+def _initial_states(potential, params, systems, lists, make, kelvin, seeds):
+    """Per-replica ``init`` (own key, temperature) with a trivial evaluation, stacked; then
+    the step-0 energies, forces and stress of all replicas in one vmapped program."""
+    states = []
+    for r, s in enumerate(systems):
+        nbrs = jax.tree.map(lambda a, r=r: a[r], lists)
+        kT = float(kelvin[r]) * units.kB
+        integ = make(_InitProvider(potential, params), kT)
+        states.append(integ.init(jax.random.key(int(seeds[r])), s, nbrs, kT=kT))
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    e, f, sigma = _first_eval(potential)(params, states.neighbors.attach(states.system))
+    return states.replace(energy=e, forces=f, stress=sigma)
+
+
+def _first_eval(potential):
+    return jax.jit(jax.vmap(lambda p, s: ForceProvider(potential, p).evaluate(s),
+                            in_axes=(None, 0)))
+
+
+def _observe(s):
+    sysm = s.system
+    return {"pe": s.energy, "ke": kinetic_energy(s.momenta, sysm.masses, sysm.atom_mask),
+            "positions": sysm.positions}
+
+
+def _block(potential, make, periodic: bool, n_int: int, length: int):
+    """``(params, states) -> (states, obs)``: ``n_int`` log intervals of ``length`` steps of
+    every replica (vmapped over ``AXIS``)."""
+
+    def one_replica(params, state):
+        integ = make(_ReplicaProvider(potential, params), None)
+
+        def interval(s, _):
+            if length > 1:
+                s = jax.lax.scan(lambda c, _: (integ.step(c), None), s, None,
+                                 length=length - 1)[0]
+            s = integ.step(s, stress=periodic)
+            return s, _observe(s)
+
+        return jax.lax.scan(interval, state, None, length=n_int)
+
+    return jax.vmap(one_replica, in_axes=(None, 0), axis_name=AXIS)
+
+
+class _Programs:
+    """Compiled blocks, one per (list spec, block shape); counts the compilations."""
+
+    def __init__(self, potential, make, periodic, params):
+        self.potential, self.make, self.periodic, self.params = potential, make, periodic, params
+        self.compiled: dict = {}
+
+    def __call__(self, states, n_int, length):
+        key = (states.neighbors.spec, n_int, length)
+        if key not in self.compiled:
+            fn = jax.jit(_block(self.potential, self.make, self.periodic, n_int, length))
+            self.compiled[key] = fn.lower(self.params, states).compile()
+        return self.compiled[key](self.params, states)
+
+
+def _plan(steps: int, log_every: int, block_steps: int) -> list[tuple[int, int]]:
+    n_full, rest = divmod(steps, log_every)
+    k = max(1, min(n_full, block_steps // log_every)) if n_full else 0
+    plan = [(k, log_every)] * (n_full // k) if k else []
+    if k and n_full % k:
+        plan.append((n_full % k, log_every))
+    if rest:
+        plan.append((1, rest))
+    return plan
+
+
+def _regrow(states, potential, skin, tries):
+    """Lists for every replica at ``states`` with more room (after an overflow)."""
+    nbrs = states.neighbors
+    m = int(nbrs.spec.max_neighbors)
+    need = int(np.max(np.asarray(nbrs.max_count)))
+    systems = unstack(states.system)
+    fresh = allocate_replicas(systems, potential.cutoff, skin=skin,
+                              capacity_multiplier=1.25 * 1.5 ** tries,
+                              min_capacity=max(int(np.ceil(m * 1.5)), int(need * 1.25) + 1))
+    return states.replace(neighbors=fresh)
+
+
+def simulate_replicas(
+    potential: Potential,
+    params,
+    systems: Sequence[System],
+    *,
+    ensemble: str = "nve",
+    dt_fs: float,
+    temperatures_kelvin,
+    steps: int,
+    log_every: int = 10,
+    seeds: Sequence[int] | None = None,
+    friction_per_fs: float = 0.01,
+    tau_fs: float = 100.0,
+    skin: float = 0.5,
+    integrator: IntegratorFactory | None = None,
+    block_steps: int = 200,
+    n_atoms: int | None = None,
+) -> ReplicaResult:
+    """Run MD of many replicas together: one compiled, vmapped, fused loop for all.
+
+    Replica ``r`` starts exactly as ``md.simulate(potential, params, systems[r],
+    ensemble=..., temperature_kelvin=temperatures_kelvin[r], seed=seeds[r], ...)`` does
+    (Maxwell–Boltzmann momenta from ``jax.random.key(seeds[r])``) and follows the same
+    trajectory up to floating-point summation order.
+
+    Args:
+      potential, params: the potential and its parameters (shared by all replicas).
+      systems: the starting structures; padded to one bucket of ``n_atoms`` slots (default:
+        the largest).
+      ensemble: ``"nve"``, ``"langevin"`` or ``"nose-hoover"`` (ignored with ``integrator``).
+      dt_fs: time step, fs.
+      temperatures_kelvin: one temperature per replica (or one for all), K: the initial
+        momenta and the bath.
+      steps: time steps.
+      log_every: steps between log points.
+      seeds: one seed per replica (default ``0 … n−1``).
+      friction_per_fs, tau_fs: Langevin friction (1/fs) and Nosé–Hoover period (fs).
+      skin: Verlet skin, Å.
+      integrator: optional ``(force_provider, kT or None) -> Integrator`` factory (e.g. an NPT
+        integrator); its step must read the bath from ``state.kT``.
+      block_steps: steps per jitted block between host checks.
+      n_atoms: atom slots of the bucket.
+
+    Returns:
+      A :class:`ReplicaResult`.
+
+    Raises:
+      ValueError: bad options, or replicas of different periodicity.
+      NeighborListError: the lists keep overflowing after reallocation.
+    """
+    n_rep = len(systems)
+    kelvin, seeds = _check_replica_inputs(n_rep, temperatures_kelvin, seeds, steps, log_every,
+                                          dt_fs)
+    padded = unstack(stack(list(systems), n_atoms=n_atoms))
+    make = integrator or _factory(ensemble, dt_fs, friction_per_fs, tau_fs)
+    lists = allocate_replicas(padded, potential.cutoff, skin=skin)
+    states = _initial_states(potential, params, padded, lists, make, kelvin, seeds)
+    periodic = bool(np.all(np.asarray(padded[0].pbc)))
+    programs = _Programs(potential, make, periodic, params)
+    obs = [jax.device_get(jax.vmap(_observe)(states))]
+    obs[0] = jax.tree.map(lambda a: a[None], obs[0])
+    n_realloc, wall, done = 0, 0.0, [0]
+    for n_int, length in _plan(steps, log_every, block_steps):
+        tries = 0
+        programs(states, n_int, length)  # compile outside the timing
+        t0 = time.perf_counter()
+        out, seen = jax.block_until_ready(programs(states, n_int, length))
+        wall += time.perf_counter() - t0
+        while bool(jnp.any(out.neighbors.overflow)):
+            if tries >= 8:
+                raise NeighborListError(f"simulate_replicas: lists still overflow after {tries} "
+                                        "reallocations (atoms collapsing?)")
+            tries += 1
+            n_realloc += 1
+            states = _regrow(states, potential, skin, tries)
+            out, seen = programs(states, n_int, length)
+        states = out
+        # vmap puts the replica axis first: [R, n_int, ...] -> [n_int, R, ...]
+        obs.append(jax.tree.map(lambda a: np.swapaxes(np.asarray(a), 0, 1),
+                                jax.device_get(seen)))
+        done.extend(done[-1] + length * np.arange(1, n_int + 1))
+    return _result(obs, states, kelvin, np.asarray(done), programs, n_realloc, wall, steps)
+
+
+def _result(obs, states, kelvin, done, programs, n_realloc, wall, steps) -> ReplicaResult:
+    cat = {k: np.concatenate([np.asarray(o[k]) for o in obs]) for k in obs[0]}
+    mask = np.asarray(states.system.atom_mask, bool)  # [R, n]
+    dof = np.maximum(3 * mask.sum(axis=1) - 3, 1)
+    ke, pe = cat["ke"].astype(np.float64), cat["pe"].astype(np.float64)
+    log = {"step": done, "potential_energy_ev": pe, "kinetic_energy_ev": ke, "total_energy_ev": pe + ke,
+           "temperature_k": 2.0 * ke / (dof * units.kB),
+           "target_temperature_k": np.broadcast_to(kelvin, pe.shape)}
+    finals = [states.neighbors.attach(s) for s in unstack(states.system)]
+    n_real = int(mask.sum())
+    return ReplicaResult(log=log, positions=cat["positions"], final_states=states,
+                         final_systems=finals, n_compiles=len(programs.compiled),
+                         n_reallocations=n_realloc, wall_s=max(wall, 1e-12),
+                         atom_steps_per_s=n_real * steps / max(wall, 1e-12))
+
+
+def _check_replica_inputs(n_rep, temperatures_kelvin, seeds, steps, log_every, dt_fs):
+    if n_rep < 1:
+        raise ValueError("simulate_replicas: give at least one system")
+    kelvin = np.broadcast_to(np.asarray(temperatures_kelvin, np.float64), (n_rep,)).copy()
+    if not np.all(np.isfinite(kelvin) & (kelvin >= 0)):
+        raise ValueError(f"simulate_replicas: temperatures must be finite and ≥ 0 K, got "
+                         f"{kelvin.tolist()}")
+    seeds = list(range(n_rep)) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != n_rep:
+        raise ValueError(f"simulate_replicas: {len(seeds)} seeds for {n_rep} replicas")
+    if int(steps) != steps or steps < 0:
+        raise ValueError(f"simulate_replicas: steps must be an integer ≥ 0, got {steps!r}")
+    if int(log_every) != log_every or log_every < 1:
+        raise ValueError(f"simulate_replicas: log_every must be an integer ≥ 1, got "
+                         f"{log_every!r}")
+    if not (np.isfinite(dt_fs) and dt_fs > 0):
+        raise ValueError(f"simulate_replicas: dt_fs must be > 0 fs, got {dt_fs!r}")
+    return kelvin, seeds
