@@ -8,14 +8,13 @@ the Lennard-Jones density (slow).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.build import bulk
 
-import jax
-import jax.numpy as jnp
-
-from jaxpot import md, neighbors, potentials, units, System
+from jaxpot import System, md, neighbors, potentials, units
 from jaxpot.potential import energy_forces_stress
 
 SIGMA, EPS = 3.4, 0.0104  # argon-like LJ, Å and eV
@@ -29,7 +28,7 @@ def _host_pairs(positions, cell, cutoff) -> set:
     """Pairs (receiver, sender, shift) within ``cutoff`` from the host list (vesin)."""
     r, s, sh = neighbors.neighbor_list(np.asarray(positions), np.asarray(cell),
                                        np.ones(3, bool), cutoff)
-    return set(zip(r.tolist(), s.tolist(), map(tuple, np.rint(sh).astype(int).tolist())))
+    return set(zip(r.tolist(), s.tolist(), map(tuple, np.rint(sh).astype(int).tolist()), strict=False))
 
 
 def _list_pairs(nbrs, positions, cell, cutoff) -> set:
@@ -41,7 +40,7 @@ def _list_pairs(nbrs, positions, cell, cutoff) -> set:
     d = x[snd[ok]] - x[rcv[ok]] + sh[ok] @ np.asarray(cell, np.float64)
     near = np.linalg.norm(d, axis=1) < cutoff
     return set(zip(rcv[ok][near].tolist(), snd[ok][near].tolist(),
-                   map(tuple, np.rint(sh[ok][near]).astype(int).tolist())))
+                   map(tuple, np.rint(sh[ok][near]).astype(int).tolist()), strict=False))
 
 
 @pytest.mark.parametrize("method", ["brute", "cell"])
@@ -248,3 +247,45 @@ def test_lj_density_matches_jzg(t_star, p_star):
     n = 256
     rho = n * SIGMA**3 / res.log["volume_a3"][len(res.log["volume_a3"]) // 5:]
     assert abs(rho.mean() / rho0 - 1.0) < 0.005, (rho.mean(), rho0)
+
+
+# --------------------------------------------------------------------- start-up and restart
+
+
+def test_restart_continues_like_an_uninterrupted_run(tmp_path):
+    """NPT (cell, momenta and noise key all matter): 2 × 20 steps through a restart file give
+    the same trajectory end as 40 steps in one run."""
+    system = _lj_system(5.6, 2)
+    pot = potentials.lennard_jones(SIGMA, EPS, 6.0)
+    params = pot.init(None, system)
+    kw = dict(ensemble="npt", dt_fs=5.0, temperature_kelvin=60.0, log_every=10,
+              pressure_gpa=0.2, tau_p_fs=200.0, compressibility_per_gpa=0.5, seed=3)
+    full = md.simulate(pot, params, system, steps=40, **kw)
+    half = md.simulate(pot, params, system, steps=20, **kw)
+    path = tmp_path / "final_state.npz"
+    md.save_state(path, half.final_state, ensemble="npt", step=20)
+    rest = md.simulate(pot, params, system, steps=20, restart=path, **kw)
+    a, b = full.final_state, rest.final_state
+    assert np.ptp(full.log["volume_a3"]) > 1.0  # the cell did move
+    np.testing.assert_allclose(b.system.cell, a.system.cell, rtol=1e-10)
+    np.testing.assert_allclose(b.system.positions, a.system.positions, atol=1e-8)
+    np.testing.assert_allclose(b.momenta, a.momenta, atol=1e-8)
+    with pytest.raises(ValueError, match="restart was written by"):
+        md.simulate(pot, params, system, **{**kw, "ensemble": "langevin"}, steps=2,
+                    restart=path)
+
+
+def test_thermalize_brings_a_crystal_to_its_temperature():
+    """NVE from a perfect crystal with Maxwell–Boltzmann velocities settles near T/2
+    (equipartition with the potential energy); after ``thermalize_ps`` of Langevin it stays
+    near the set temperature."""
+    system = _lj_system(5.3, 3)
+    pot = potentials.lennard_jones(SIGMA, EPS, 6.0)
+    params = pot.init(None, system)
+    kw = dict(ensemble="nve", dt_fs=5.0, temperature_kelvin=40.0, steps=300, log_every=10)
+    cold = md.simulate(pot, params, system, **kw)
+    warm = md.simulate(pot, params, system, thermalize_ps=2.0, friction_per_fs=0.02, **kw)
+    t_cold = cold.log["temperature_k"][10:].mean()
+    t_warm = warm.log["temperature_k"][10:].mean()
+    assert t_cold < 0.7 * 40.0
+    assert abs(t_warm / 40.0 - 1.0) < 0.2

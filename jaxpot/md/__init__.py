@@ -1,4 +1,4 @@
-"""Molecular dynamics: integrators, the fused run loop, FIRE relaxation.
+"""Molecular dynamics: integrators, the fused run loop, NPT, FIRE relaxation.
 
 Example:
   >>> import numpy as np
@@ -24,11 +24,13 @@ trajectory as arrays (:class:`Trajectory`), and raises :class:`SimulationUnstabl
 blows up. :mod:`jaxpot.md.blocks` holds the overflow → reallocate → redo loop shared by
 ``simulate``, ``fire`` and :mod:`jaxpot.testing`.
 
-Not provided yet: NPT. JAX MD's ``npt_nose_hoover`` integrates fractional coordinates in a
-``space.periodic_general`` box that changes every step, while jaxpot's jitted cell list fixes its
-bin grid at allocation (bins would become narrower than the cutoff as the box shrinks) and its
-potentials take Cartesian positions and a cell; bridging the two (fractional wrapper, box-aware
-reallocation, barostat pressure from ``energy_forces_stress``) is left for later.
+NPT: ``simulate(ensemble="npt", pressure_gpa=..., cell_dof="iso"|"aniso"|"full",
+cell_mask=...)`` runs stochastic cell rescaling (Bernetti & Bussi) with a BAOAB Langevin
+thermostat (:mod:`jaxpot.md.npt`); the neighbour list follows the changing cell (its skin test
+accounts for the strain since the last rebuild, and a cell the list no longer covers raises its
+overflow flag, so the block is redone on a list allocated for the new cell). Martyna–Tobias–Klein
+with Nosé–Hoover chains is not provided yet. Start-up: ``thermalize_ps`` (Langevin first) and
+``restart`` from a file written by :func:`save_state`.
 """
 
 from jaxpot.md.blocks import NeighborKeeper, NeighborListError, run_checked
@@ -49,6 +51,8 @@ from jaxpot.md.integrators import (
     temperature,
 )
 from jaxpot.md.minimize import fire
+from jaxpot.md.npt import NPTState, c_rescale
+from jaxpot.md.restart import load_state, save_state
 from jaxpot.md.run import ENSEMBLES, MDResult, Observer, StopPredicate, simulate
 from jaxpot.md.trajectory import Trajectory, write_trajectory
 
@@ -63,21 +67,25 @@ __all__ = [
     "NeighborKeeper",
     "NeighborListError",
     "NoseHooverState",
+    "NPTState",
     "Observer",
     "SimulationUnstable",
     "StopPredicate",
     "Trajectory",
+    "c_rescale",
     "check_params_finite",
     "degrees_of_freedom",
     "fire",
     "kinetic_energy",
     "langevin",
+    "load_state",
     "maxwell_boltzmann",
     "nose_hoover",
     "nve",
     "provider",
     "remove_net_momentum",
     "run_checked",
+    "save_state",
     "simulate",
     "temperature",
     "write_trajectory",

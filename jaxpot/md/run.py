@@ -41,6 +41,7 @@ from jaxpot.md.integrators import (
     nve,
 )
 from jaxpot.md.npt import c_rescale, check_npt_options
+from jaxpot.md.restart import apply_restart, load_state, restart_system
 from jaxpot.md.trajectory import Trajectory, write_trajectory
 from jaxpot.potential import Potential
 from jaxpot.system import System
@@ -418,12 +419,14 @@ class _Loop:
         return state, step_done, False
 
 
-def _initial(cfg: _Config, params, system, keeper, *, seed, kT0, momenta):
+def _initial(cfg: _Config, params, system, keeper, *, seed, kT0, momenta, restart=None):
     """Neighbour list, initial state and the step-0 observations (host + one small jit)."""
     nbrs = keeper.allocate(system)
     force = provider(cfg.potential, params)
     integ = cfg.integrator(force, kT0)
     state = integ.init(jax.random.key(seed), system, nbrs, kT=kT0, momenta=momenta)
+    if restart is not None:
+        state = apply_restart(state, restart)
     obs = jax.jit(lambda p, s: _observe(cfg, provider(cfg.potential, p), s))(params, state)
     return state, jax.device_get(obs)
 
@@ -440,6 +443,21 @@ def _first_row(log: _Log, obs0: dict, schedule, system, *, ensemble, dt_fs, kelv
         float(np.asarray(system.masses, np.float64)[mask].min(initial=np.inf)), tolerance)
     monitor.check(rows0["step"], rows0["potential_energy_ev"], rows0["kinetic_energy_ev"])
     return monitor
+
+
+def _thermalize(potential, params, system, ps, *, dt_fs, kelvin, seed, friction_per_fs, skin,
+                neighbor_method):
+    """Langevin for ``ps`` picoseconds at ``kelvin``; returns ``(system, momenta)`` after it."""
+    ps = float(ps)
+    if not (np.isfinite(ps) and ps >= 0):
+        raise ValueError(f"simulate: thermalize_ps must be a finite time ≥ 0 ps, got {ps!r}")
+    steps = max(1, int(round(ps * 1000.0 / dt_fs)))
+    res = simulate(potential, params, system, ensemble="langevin", dt_fs=dt_fs,
+                   temperature_kelvin=kelvin, steps=steps, log_every=min(steps, 50),
+                   seed=seed + 1, friction_per_fs=friction_per_fs, skin=skin,
+                   neighbor_method=neighbor_method)
+    end = res.final_state
+    return system.replace(positions=end.system.positions), end.momenta
 
 
 def _rate(n_real: int, steps: int, dt_fs: float, wall_s: float) -> tuple[float, float]:
@@ -477,6 +495,8 @@ def simulate(
     cell_mask: Sequence[bool] = (True, True, True),
     tau_p_fs: float = 1000.0,
     compressibility_per_gpa: float = 0.1,
+    thermalize_ps: float = 0.0,
+    restart: str | dict | None = None,
 ) -> MDResult:
     """Run molecular dynamics with jitted, fused steps.
 
@@ -529,6 +549,13 @@ def simulate(
       tau_p_fs: NPT barostat relaxation time, fs.
       compressibility_per_gpa: NPT compressibility guess β_T, 1/GPa (only ``β_T/τ_p``
         matters: the speed of the volume relaxation, not its distribution).
+      thermalize_ps: first run this long with Langevin dynamics at the step-0 temperature
+        (same cell, friction ``friction_per_fs``, not logged), then start the run from its
+        positions and momenta, so a crystal starts at its set temperature.
+      restart: a restart file (or :func:`jaxpot.md.load_state`'s dict) written from a previous
+        run's ``final_state`` by :func:`jaxpot.md.save_state`: positions, cell, momenta, noise
+        key and thermostat chain continue from it (``system`` supplies the atoms; the file's
+        ensemble must match).
 
     Returns:
       An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
@@ -554,6 +581,14 @@ def simulate(
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"simulate: unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
+    restart_data = None
+    if restart is not None:
+        restart_data = restart if isinstance(restart, dict) else load_state(restart)
+        if str(restart_data["ensemble"]) != ensemble:
+            raise ValueError(f"simulate: the restart was written by a "
+                             f"{str(restart_data['ensemble'])!r} run, not {ensemble!r}")
+        system = restart_system(restart_data, system)
+        momenta = restart_data["momenta"]
     dt_fs, steps, log_every, trajectory_every = check_inputs(
         potential, params, system, ensemble=ensemble, dt_fs=dt_fs, steps=steps,
         log_every=log_every, trajectory_every=trajectory_every,
@@ -586,10 +621,16 @@ def simulate(
     volume = (float(abs(np.linalg.det(np.asarray(system.cell, np.float64))))
               if cfg.periodic else 0.0)
 
+    if thermalize_ps and restart is None:
+        system, momenta = _thermalize(potential, params, system, thermalize_ps, dt_fs=dt_fs,
+                                      kelvin=float(schedule(np.zeros(1))[0]), seed=seed,
+                                      friction_per_fs=friction_per_fs, skin=skin,
+                                      neighbor_method=neighbor_method)
     t0 = time.perf_counter()
     keeper = NeighborKeeper(potential.cutoff, skin, capacity_multiplier, neighbor_method)
     kT0 = float(schedule(np.zeros(1))[0]) * units.kB
-    state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta)
+    state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta,
+                           restart=restart_data)
     log = _Log(dt_fs=dt_fs, dof=degrees_of_freedom(mask), volume=volume,
                trajectory_every=trajectory_every, system=system, npt=npt is not None)
     monitor = _first_row(log, obs0, schedule, system, ensemble=ensemble, dt_fs=dt_fs,
