@@ -28,7 +28,8 @@ def _host_pairs(positions, cell, cutoff) -> set:
     """Pairs (receiver, sender, shift) within ``cutoff`` from the host list (vesin)."""
     r, s, sh = neighbors.neighbor_list(np.asarray(positions), np.asarray(cell),
                                        np.ones(3, bool), cutoff)
-    return set(zip(r.tolist(), s.tolist(), map(tuple, np.rint(sh).astype(int).tolist()), strict=False))
+    shifts = map(tuple, np.rint(sh).astype(int).tolist())
+    return set(zip(r.tolist(), s.tolist(), shifts, strict=True))
 
 
 def _list_pairs(nbrs, positions, cell, cutoff) -> set:

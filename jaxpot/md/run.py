@@ -445,8 +445,27 @@ def _first_row(log: _Log, obs0: dict, schedule, system, *, ensemble, dt_fs, kelv
     return monitor
 
 
-def _thermalize(potential, params, system, ps, *, dt_fs, kelvin, seed, friction_per_fs, skin,
-                neighbor_method):
+def _load_restart(restart, ensemble, system, momenta):
+    """``(data, system, momenta)``: a restart file's state, or ``(None, system, momenta)``."""
+    if restart is None:
+        return None, system, momenta
+    data = restart if isinstance(restart, dict) else load_state(restart)
+    if str(data["ensemble"]) != ensemble:
+        raise ValueError(f"simulate: the restart was written by a {str(data['ensemble'])!r} "
+                         f"run, not {ensemble!r}")
+    return data, restart_system(data, system), data["momenta"]
+
+
+def _npt_options(system, **kw) -> tuple:
+    """Checked NPT options in internal units, as a hashable tuple of pairs."""
+    check_npt_options(system, **kw)
+    return (("pressure", float(kw["pressure_gpa"]) * units.GPa),
+            ("tau_p", float(kw["tau_p_fs"]) * units.fs),
+            ("compressibility", float(kw["compressibility_per_gpa"]) / units.GPa),
+            ("cell_dof", kw["cell_dof"]), ("mask", tuple(bool(m) for m in kw["mask"])))
+
+
+def _thermalize(potential, params, system, ps, dt_fs, seed, kelvin, friction_per_fs, skin):
     """Langevin for ``ps`` picoseconds at ``kelvin``; returns ``(system, momenta)`` after it."""
     ps = float(ps)
     if not (np.isfinite(ps) and ps >= 0):
@@ -454,8 +473,7 @@ def _thermalize(potential, params, system, ps, *, dt_fs, kelvin, seed, friction_
     steps = max(1, int(round(ps * 1000.0 / dt_fs)))
     res = simulate(potential, params, system, ensemble="langevin", dt_fs=dt_fs,
                    temperature_kelvin=kelvin, steps=steps, log_every=min(steps, 50),
-                   seed=seed + 1, friction_per_fs=friction_per_fs, skin=skin,
-                   neighbor_method=neighbor_method)
+                   seed=seed + 1, friction_per_fs=friction_per_fs, skin=skin)
     end = res.final_state
     return system.replace(positions=end.system.positions), end.momenta
 
@@ -581,14 +599,7 @@ def simulate(
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"simulate: unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
-    restart_data = None
-    if restart is not None:
-        restart_data = restart if isinstance(restart, dict) else load_state(restart)
-        if str(restart_data["ensemble"]) != ensemble:
-            raise ValueError(f"simulate: the restart was written by a "
-                             f"{str(restart_data['ensemble'])!r} run, not {ensemble!r}")
-        system = restart_system(restart_data, system)
-        momenta = restart_data["momenta"]
+    restart_data, system, momenta = _load_restart(restart, ensemble, system, momenta)
     dt_fs, steps, log_every, trajectory_every = check_inputs(
         potential, params, system, ensemble=ensemble, dt_fs=dt_fs, steps=steps,
         log_every=log_every, trajectory_every=trajectory_every,
@@ -602,14 +613,10 @@ def simulate(
     kelvin_all_max = float(np.max(sampled))
     npt = None
     if ensemble == "npt":
-        check_npt_options(system, pressure_gpa=pressure_gpa, barostat=barostat,
-                          cell_dof=cell_dof, mask=cell_mask, tau_p_fs=tau_p_fs,
-                          compressibility_per_gpa=compressibility_per_gpa,
-                          friction_per_fs=friction_per_fs)
-        npt = (("pressure", float(pressure_gpa) * units.GPa),
-               ("tau_p", float(tau_p_fs) * units.fs),
-               ("compressibility", float(compressibility_per_gpa) / units.GPa),
-               ("cell_dof", cell_dof), ("mask", tuple(bool(m) for m in cell_mask)))
+        npt = _npt_options(system, pressure_gpa=pressure_gpa, barostat=barostat,
+                           cell_dof=cell_dof, mask=cell_mask, tau_p_fs=tau_p_fs,
+                           compressibility_per_gpa=compressibility_per_gpa,
+                           friction_per_fs=friction_per_fs)
     observe = _as_observer(observers)
     cfg = _Config(potential=potential, ensemble=ensemble, dt=dt_fs * units.fs,
                   friction=float(friction_per_fs) / units.fs, tau=float(tau_fs) * units.fs,
@@ -622,10 +629,8 @@ def simulate(
               if cfg.periodic else 0.0)
 
     if thermalize_ps and restart is None:
-        system, momenta = _thermalize(potential, params, system, thermalize_ps, dt_fs=dt_fs,
-                                      kelvin=float(schedule(np.zeros(1))[0]), seed=seed,
-                                      friction_per_fs=friction_per_fs, skin=skin,
-                                      neighbor_method=neighbor_method)
+        system, momenta = _thermalize(potential, params, system, thermalize_ps, dt_fs, seed,
+                                      float(schedule(np.zeros(1))[0]), friction_per_fs, skin)
     t0 = time.perf_counter()
     keeper = NeighborKeeper(potential.cutoff, skin, capacity_multiplier, neighbor_method)
     kT0 = float(schedule(np.zeros(1))[0]) * units.kB
