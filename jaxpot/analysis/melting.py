@@ -1,0 +1,326 @@
+"""Melting points: solid–liquid coexistence (interface velocity) and a heating curve.
+
+The coexistence protocol (Morris et al., PRB 49, 3109 (1994), in its interface-velocity form):
+
+1. :func:`half_melted_cell`: an elongated crystal; the atoms of one half are tethered to their
+   lattice sites by a stiff harmonic restraint while the other half melts at a high
+   temperature, then the whole cell is brought to a temperature near the expected melting point
+   (restraint still on). Atoms are labelled solid or liquid by the neighbour-averaged Steinhardt
+   Q̄6 (:mod:`jaxpot.analysis.order`); the threshold is the value that best separates the
+   tethered half from the molten one at that point
+   (:func:`~jaxpot.analysis.order.separating_threshold`).
+2. :func:`coexistence`: from that cell (restraint off) one run per temperature, in the NPT
+   ensemble by default (``ensemble="npt"``; ``"langevin"`` runs at the fixed volume of the cell
+   instead), with the solid fraction computed inside the jitted loop at every log point
+   (:func:`solid_fraction_observer`). Above T_m the interfaces advance into the crystal (the
+   solid fraction falls), below it they recede.
+3. :func:`melting_point`: the rate of change of the solid fraction (its slope, fitted while the
+   fraction stays between 10 % and 90 %) against T; a weighted straight line; T_m is its zero,
+   with the error propagated from the fit (and scaled up by the scatter when χ²/dof > 1).
+
+:func:`heating_curve` ramps a perfect crystal's temperature and reports where its solid
+fraction collapses: the superheating limit, an upper bound on T_m (a crystal without a surface
+melts only well above T_m, typically 1.2 T_m), which shows why coexistence is needed.
+
+Units: K, fs, Å, eV; rates in 1/ps (fraction of atoms per picosecond).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpot import md
+from jaxpot.analysis.order import separating_threshold, steinhardt_q
+from jaxpot.potential import Potential, sum_potentials
+from jaxpot.system import System
+
+__all__ = ["tether", "half_melted_cell", "HalfMeltedCell", "solid_fraction_observer",
+           "coexistence", "CoexistenceResult", "melting_point", "interface_rate",
+           "heating_curve", "HeatingCurve"]
+
+
+def tether(reference_positions, mask, k: float) -> Potential:
+    """Harmonic restraint ``½ k Σ_{i ∈ mask} |x_i − x_i⁰|²`` (eV; ``k`` in eV/Å²).
+
+    Positions are compared as given (MD keeps them unwrapped), so it suits fixed-cell runs.
+    """
+    x0 = jnp.asarray(np.asarray(reference_positions, np.float64))
+    m = jnp.asarray(np.asarray(mask, bool))
+
+    def energy(params, system):
+        d = system.positions - x0.astype(system.positions.dtype)
+        return 0.5 * k * jnp.sum(jnp.where(m[:, None], d * d, 0.0))
+
+    return Potential(lambda key, system: {}, energy, 0.0,
+                     {"name": "tether", "kwargs": {"k": float(k)}})
+
+
+def solid_fraction_observer(*, cutoff: float, threshold: float, l: int = 6):
+    """An MD observer: ``{"solid_fraction": scalar, "q6_mean": scalar}`` at each log point.
+
+    Args:
+      cutoff: Steinhardt neighbour cutoff, Å (at most the potential's cutoff).
+      threshold: atoms with neighbour-averaged Q̄_l above it count as solid.
+      l: degree of the order parameter.
+    """
+
+    def observe(state, output):
+        system = output.neighbors.attach(state.system)
+        q = steinhardt_q(system, l=l, cutoff=cutoff)
+        mask = system.atom_mask
+        n = jnp.sum(mask)
+        solid = jnp.sum(jnp.where(mask, q > threshold, False))
+        return {"solid_fraction": solid / n, "q6_mean": jnp.sum(jnp.where(mask, q, 0.0)) / n}
+
+    return observe
+
+
+@dataclasses.dataclass
+class HalfMeltedCell:
+    """Output of :func:`half_melted_cell`.
+
+    Attributes:
+      system: the coexisting cell (positions of the last frame, no edges).
+      momenta: ``[n, 3]`` amu·Å/t at the end of the preparation.
+      solid_mask: ``[n]`` bool, the tethered (crystal) half.
+      threshold: Q̄6 value separating the two halves (solid above).
+      q6: ``[n]`` Q̄6 of each atom at the end.
+      wall_s: seconds spent (compilation included).
+    """
+
+    system: System
+    momenta: np.ndarray
+    solid_mask: np.ndarray
+    threshold: float
+    q6: np.ndarray
+    wall_s: float
+
+
+def half_melted_cell(potential: Potential, params, system: System, *,
+                     melt_temperature_kelvin: float, temperature_kelvin: float,
+                     melt_steps: int, steps: int, dt_fs: float = 2.0, axis: int = 2,
+                     k: float = 5.0, q_cutoff: float = 3.1, seed: int = 0) -> HalfMeltedCell:
+    """Melt half of a crystal along ``axis`` with the other half tethered (fixed cell, Langevin).
+
+    Args:
+      potential, params: the model.
+      system: a periodic crystal elongated along ``axis`` (edges ignored).
+      melt_temperature_kelvin: where the free half melts (well above T_m).
+      temperature_kelvin: where the cell is brought afterwards (near the expected T_m).
+      melt_steps, steps: steps of the two stages.
+      dt_fs: time step, fs.
+      axis: the long axis; atoms with fractional coordinate ≥ 0.5 along it melt.
+      k: tether stiffness, eV/Å².
+      q_cutoff: Steinhardt neighbour cutoff, Å.
+      seed: seed of the momenta and noise.
+    """
+    t0 = time.perf_counter()
+    if not bool(np.all(np.asarray(system.pbc))):
+        raise ValueError("half_melted_cell: the crystal must be periodic in all directions")
+    if melt_temperature_kelvin <= temperature_kelvin:
+        raise ValueError(f"half_melted_cell: melt_temperature_kelvin "
+                         f"({melt_temperature_kelvin}) must exceed temperature_kelvin "
+                         f"({temperature_kelvin})")
+    positions = np.asarray(system.positions, np.float64)
+    frac = np.linalg.solve(np.asarray(system.cell, np.float64).T, positions.T).T
+    solid = (np.mod(frac[:, axis], 1.0) < 0.5) & np.asarray(system.atom_mask, bool)
+    tethered = sum_potentials(potential, tether(positions, solid, k))
+    tp = {"term0": params, "term1": {}}
+    hot = md.simulate(tethered, tp, system, ensemble="langevin", dt_fs=dt_fs,
+                      temperature_kelvin=melt_temperature_kelvin, steps=melt_steps,
+                      log_every=max(1, melt_steps // 4), seed=seed)
+    cool = md.simulate(tethered, tp, hot.final_system, ensemble="langevin", dt_fs=dt_fs,
+                       temperature_kelvin=(melt_temperature_kelvin, temperature_kelvin),
+                       steps=steps, log_every=max(1, steps // 4), seed=seed + 1,
+                       momenta=hot.final_state.momenta)
+    final = cool.final_system  # edges reach the potential's cutoff (≥ q_cutoff)
+    q = np.asarray(steinhardt_q(final, cutoff=q_cutoff))
+    real = np.asarray(final.atom_mask, bool)
+    threshold = separating_threshold(q[solid & real], q[~solid & real])
+    return HalfMeltedCell(final, np.asarray(cool.final_state.momenta), solid, threshold, q,
+                          time.perf_counter() - t0)
+
+
+def interface_rate(times_ps, fractions, *, low: float = 0.1, high: float = 0.9):
+    """Slope of the solid fraction (1/ps) and its standard error, while it lies in (low, high).
+
+    The window runs from the start to the first point outside ``(low, high)``. The error is
+    the least-squares one, inflated by √g where g is the statistical inefficiency of the
+    residuals (successive points are correlated).
+
+    Returns:
+      ``(rate, error, n_points)``; ``(nan, nan, n)`` with fewer than 4 points in the window.
+    """
+    from jaxpot.analysis.stats import statistical_inefficiency
+
+    t = np.asarray(times_ps, np.float64)
+    f = np.asarray(fractions, np.float64)
+    outside = np.flatnonzero((f <= low) | (f >= high))
+    end = int(outside[0]) if outside.size else f.size
+    if end < 4:
+        return float("nan"), float("nan"), end
+    t, f = t[:end], f[:end]
+    coef, cov = np.polyfit(t, f, 1, cov="unscaled")
+    resid = f - np.polyval(coef, t)
+    dof = max(end - 2, 1)
+    var = float(resid @ resid) / dof
+    try:
+        g = max(1.0, float(statistical_inefficiency(resid))) if end >= 16 else 1.0
+    except ValueError:
+        g = 1.0
+    return float(coef[0]), float(np.sqrt(cov[0, 0] * var * g)), end
+
+
+def melting_point(temperatures, rates, errors) -> tuple[float, float]:
+    """T_m (K) and its standard error from the zero of a weighted line ``rate(T)``.
+
+    Args:
+      temperatures: K. rates: d(solid fraction)/dt, 1/ps. errors: their standard errors.
+        Non-finite entries are dropped; at least two points must remain, with rates of both
+        signs or a clear trend.
+
+    Raises:
+      ValueError: fewer than two usable points, or a rate that does not fall with T.
+    """
+    t, r, e = (np.asarray(x, np.float64) for x in (temperatures, rates, errors))
+    ok = np.isfinite(t) & np.isfinite(r) & np.isfinite(e) & (e > 0)
+    t, r, e = t[ok], r[ok], e[ok]
+    if t.size < 2:
+        raise ValueError(f"melting_point: need at least two temperatures with a finite rate, "
+                         f"got {t.size}")
+    w = 1.0 / e**2
+    a = np.stack([np.ones_like(t), t - t.mean()], axis=1)
+    cov = np.linalg.inv(a.T @ (w[:, None] * a))
+    b0, b1 = cov @ (a.T @ (w * r))
+    if b1 >= 0:
+        raise ValueError(f"melting_point: the solid fraction's rate does not fall with T "
+                         f"(slope {b1:.3g} /ps/K); widen the temperature range or run longer")
+    chi2 = float(np.sum(w * (r - b0 - b1 * (t - t.mean())) ** 2))
+    if t.size > 2:
+        cov = cov * max(1.0, chi2 / (t.size - 2))
+    tm = t.mean() - b0 / b1
+    grad = np.array([-1.0 / b1, b0 / b1**2])
+    return float(tm), float(np.sqrt(grad @ cov @ grad))
+
+
+@dataclasses.dataclass
+class CoexistenceResult:
+    """Output of :func:`coexistence`.
+
+    Attributes:
+      temperatures: ``[k]`` K.
+      times_ps: ``[n_log]`` ps, the log points of every run.
+      fractions: ``[k, n_log]`` solid fraction of each run over time.
+      rates: ``[k]`` d(fraction)/dt, 1/ps (NaN when the window was too short).
+      rate_errors: ``[k]`` standard errors, 1/ps.
+      melting_point: T_m, K (NaN when the rates do not bracket a usable fit).
+      melting_point_error: its standard error, K.
+      wall_s: seconds spent in the runs (compilation included).
+      logs: the MD log of each run (volume, pressure, energies, ...).
+    """
+
+    temperatures: np.ndarray
+    times_ps: np.ndarray
+    fractions: np.ndarray
+    rates: np.ndarray
+    rate_errors: np.ndarray
+    melting_point: float
+    melting_point_error: float
+    wall_s: float
+    logs: list
+
+
+def coexistence(potential: Potential, params, cell: HalfMeltedCell,
+                temperatures: Sequence[float], *, steps: int, ensemble: str = "npt",
+                dt_fs: float = 2.0, log_every: int = 50, q_cutoff: float = 3.1,
+                seed: int = 0, **md_options) -> CoexistenceResult:
+    """Run the half-melted cell at each temperature and fit where the interface stands still.
+
+    Args:
+      potential, params: the model (no restraint).
+      cell: from :func:`half_melted_cell`.
+      temperatures: K, bracketing the expected T_m.
+      steps: MD steps per temperature.
+      ensemble: ``"npt"`` (default; pass ``pressure_gpa``, ``cell_dof`` ... through
+        ``md_options``) or a fixed-volume one (``"langevin"``, ``"nose-hoover"``).
+      dt_fs: time step, fs. log_every: steps between solid-fraction samples.
+      q_cutoff: Steinhardt neighbour cutoff, Å.
+      seed: seed of run ``i`` is ``seed + i``.
+      **md_options: passed to :func:`jaxpot.md.simulate`.
+    """
+    temps = np.asarray(temperatures, np.float64).reshape(-1)
+    if temps.size < 2:
+        raise ValueError("coexistence: give at least two temperatures")
+    observer = solid_fraction_observer(cutoff=q_cutoff, threshold=cell.threshold)
+    t0 = time.perf_counter()
+    fractions, rates, errors, logs = [], [], [], []
+    times = None
+    for i, temp in enumerate(temps):
+        res = md.simulate(potential, params, cell.system, ensemble=ensemble, dt_fs=dt_fs,
+                          temperature_kelvin=float(temp), steps=steps, log_every=log_every,
+                          seed=seed + i, observers=observer, **md_options)
+        times = res.log["time_fs"] / 1000.0
+        frac = np.asarray(res.log["solid_fraction"], np.float64)
+        rate, err, _ = interface_rate(times, frac)
+        fractions.append(frac)
+        rates.append(rate)
+        errors.append(err)
+        logs.append(res.log)
+    try:
+        tm, tm_err = melting_point(temps, rates, errors)
+    except ValueError:
+        tm, tm_err = float("nan"), float("nan")
+    return CoexistenceResult(temps, times, np.stack(fractions), np.asarray(rates),
+                             np.asarray(errors), tm, tm_err, time.perf_counter() - t0, logs)
+
+
+@dataclasses.dataclass
+class HeatingCurve:
+    """Output of :func:`heating_curve`.
+
+    Attributes:
+      temperatures: ``[n_log]`` bath temperature at each log point, K.
+      potential_energy: ``[n_log]`` eV per atom.
+      fractions: ``[n_log]`` solid fraction.
+      superheating: bath temperature where the solid fraction first falls below ½, K (NaN if
+        it never does).
+      wall_s: seconds spent (compilation included).
+    """
+
+    temperatures: np.ndarray
+    potential_energy: np.ndarray
+    fractions: np.ndarray
+    superheating: float
+    wall_s: float
+
+
+def heating_curve(potential: Potential, params, system: System, *, t_start: float,
+                  t_end: float, steps: int, threshold: float, ensemble: str = "npt",
+                  dt_fs: float = 2.0, log_every: int = 50, q_cutoff: float = 3.1,
+                  seed: int = 0, **md_options) -> HeatingCurve:
+    """Heat a perfect crystal linearly from ``t_start`` to ``t_end`` K and find where it melts.
+
+    Args:
+      potential, params: the model.
+      system: a periodic perfect crystal.
+      t_start, t_end: K. steps: length of the ramp.
+      threshold: Q̄6 solid/liquid threshold (e.g. ``HalfMeltedCell.threshold``).
+      ensemble, dt_fs, log_every, q_cutoff, seed, md_options: as in :func:`coexistence`.
+    """
+    t0 = time.perf_counter()
+    observer = solid_fraction_observer(cutoff=q_cutoff, threshold=threshold)
+    res = md.simulate(potential, params, system, ensemble=ensemble, dt_fs=dt_fs,
+                      temperature_kelvin=(float(t_start), float(t_end)), steps=steps,
+                      log_every=log_every, seed=seed, observers=observer, **md_options)
+    n = int(np.asarray(system.atom_mask).sum())
+    temps = np.asarray(res.log["target_temperature_k"], np.float64)
+    frac = np.asarray(res.log["solid_fraction"], np.float64)
+    below = np.flatnonzero(frac < 0.5)
+    sh = float(temps[below[0]]) if below.size else float("nan")
+    return HeatingCurve(temps, np.asarray(res.log["potential_energy_ev"]) / n, frac, sh,
+                        time.perf_counter() - t0)
