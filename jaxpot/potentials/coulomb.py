@@ -109,8 +109,10 @@ def coulomb_settings(method: str = "ewald", *, accuracy: float | None = None,
       method: ``"ewald"`` (exact to ``accuracy``; cost ∝ atoms × k-vectors), ``"pme"`` (smooth
         particle-mesh Ewald; cost ∝ atoms + mesh), ``"direct"`` (all pairs, non-periodic only)
         or ``"auto"``.
-      accuracy: target relative accuracy of the energy (default 1e-10 for Ewald, which gives
-        Madelung constants to ~1e-10, and 1e-6 for PME).
+      accuracy: target relative accuracy ``ε`` (default 1e-10 for Ewald, which gives
+        Madelung constants to ~1e-10, and 1e-6 for PME). The errors are relative to the energy
+        scale of the charges, ``k_e α Σ q_i²/√π``; a neutral cell whose total energy is much
+        smaller than that gets a larger relative error in its total.
       cutoff: real-space cutoff in Å; ``α = sqrt(−ln ε)/cutoff``.
       max_lengths: the longest lattice vectors (Å; one number or three) the static k box or
         mesh must serve. Cells with longer vectors give NaN (Ewald).
