@@ -156,10 +156,14 @@ def md_summary(log: dict, *, n_atoms: int, ensemble: str) -> dict:
     return out
 
 
+NPT_LOG_COLUMNS = ("volume_a3", "cell_a", "cell_b", "cell_c", "density_g_cm3")
+
+
 def _write_log_csv(path: str, log: dict) -> None:
     from jaxpot.files import write_csv
 
     columns = list(LOG_COLUMNS) + (["pressure_gpa"] if "pressure_gpa" in log else [])
+    columns += [c for c in NPT_LOG_COLUMNS if c in log]
     missing = [c for c in columns if c not in log]
     if missing:
         raise RuntimeError(f"the MD log lacks columns {missing}")  # a jaxpot bug, not input
@@ -187,11 +191,39 @@ def _check_md_options(args) -> None:
             raise ValueError(f"{name} must be a non-negative number of {unit}, got {value}")
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
+    _check_npt_cli(args)
     if args.traj_every is not None and args.traj_every % args.log_every:
         raise ValueError(f"--traj-every ({args.traj_every}) must be a multiple of --log-every "
                          f"({args.log_every})")
-    _check_output_paths({"--log": args.log, "--traj": args.traj, "--summary": args.summary},
-                        {"MODEL": args.model, "STRUCTURE": args.structure})
+    _check_output_paths({"--log": args.log, "--traj": args.traj, "--summary": args.summary,
+                         "--final-state": args.final_state},
+                        {"MODEL": args.model, "STRUCTURE": args.structure,
+                         "--restart-from": args.restart_from})
+
+
+def _cell_mask_arg(text: str) -> tuple[bool, bool, bool]:
+    """``--cell-mask`` such as ``1,1,0`` (x and y move, z fixed)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or any(p not in ("0", "1") for p in parts):
+        raise ValueError(f"--cell-mask must be three 0/1 flags such as 1,1,0, got {text!r}")
+    return tuple(p == "1" for p in parts)
+
+
+def _check_npt_cli(args) -> None:
+    """NPT options of ``jaxpot md`` (units and signs; the library checks the rest)."""
+    _cell_mask_arg(args.cell_mask)
+    for name, value in (("--tau-p", args.tau_p), ("--compressibility", args.compressibility)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value}")
+    if not (math.isfinite(args.thermalize_ps) and args.thermalize_ps >= 0):
+        raise ValueError(f"--thermalize-ps must be a time >= 0 ps, got {args.thermalize_ps}")
+    if not math.isfinite(args.pressure_gpa):
+        raise ValueError(f"--pressure-gpa must be finite, got {args.pressure_gpa}")
+    if args.barostat == "mtk":
+        raise ValueError("--barostat mtk (Martyna-Tobias-Klein) is not implemented yet; use "
+                         "--barostat c-rescale")
+    if args.restart_from is not None and not os.path.isfile(args.restart_from):
+        raise ValueError(f"--restart-from: no such file {args.restart_from!r}")
 
 
 def _check_output_paths(outputs: dict, inputs: dict) -> None:
@@ -326,8 +358,14 @@ def _cmd_md(args) -> int:
         steps=args.steps, log_every=args.log_every, seed=args.seed,
         friction_per_fs=args.friction, tau_fs=args.tau,
         trajectory_every=(args.traj_every or args.log_every) if args.traj else None,
-        progress=_progress_wanted(),
+        progress=_progress_wanted(), pressure_gpa=args.pressure_gpa, barostat=args.barostat,
+        cell_dof=args.cell_dof, cell_mask=_cell_mask_arg(args.cell_mask), tau_p_fs=args.tau_p,
+        compressibility_per_gpa=args.compressibility, thermalize_ps=args.thermalize_ps,
+        restart=args.restart_from,
     )
+    if args.final_state is not None:
+        md.save_state(args.final_state, result.final_state, ensemble=args.ensemble,
+                      step=result.steps_done)
     log = {k: np.asarray(v) for k, v in result.log.items()}
     reason = _md_failure(log, args, atoms)
     summary = _md_run_summary(args, result, log, potential, len(atoms))
@@ -408,7 +446,8 @@ def _add_md(subparsers) -> None:
     p.add_argument("model", metavar="MODEL", help="model file written by jaxpot.save_model")
     p.add_argument("structure", metavar="STRUCTURE",
                    help="any file ASE reads (extxyz, POSCAR, cif, ...); the last frame is used")
-    p.add_argument("--ensemble", choices=("nve", "langevin", "nose-hoover"), default="nve")
+    p.add_argument("--ensemble", choices=("nve", "langevin", "nose-hoover", "npt"),
+                   default="nve")
     p.add_argument("--temperature", type=float, default=300.0, metavar="K",
                    help="initial (and thermostat) temperature in kelvin (default 300)")
     p.add_argument("--dt", type=float, default=1.0, metavar="FS", help="time step, fs (default 1)")
@@ -428,7 +467,30 @@ def _add_md(subparsers) -> None:
                    help="Nose-Hoover period, fs (default 100)")
     p.add_argument("--float64", action="store_true",
                    help="run in double precision (automatic for models stored in float64)")
+    _add_npt_options(p)
     p.set_defaults(func=_cmd_md)
+
+
+def _add_npt_options(p) -> None:
+    g = p.add_argument_group("NPT and start-up")
+    g.add_argument("--pressure-gpa", type=float, default=0.0, metavar="P",
+                   help="NPT target pressure, GPa (default 0)")
+    g.add_argument("--barostat", choices=("c-rescale", "mtk"), default="c-rescale",
+                   help="stochastic cell rescaling (default); mtk is not implemented yet")
+    g.add_argument("--cell-dof", choices=("iso", "aniso", "full"), default="iso",
+                   help="which cell shape changes the barostat may make (default iso)")
+    g.add_argument("--cell-mask", default="1,1,1", metavar="X,Y,Z",
+                   help="lattice directions allowed to move, e.g. 1,1,0 keeps a slab's vacuum")
+    g.add_argument("--tau-p", type=float, default=1000.0, metavar="FS",
+                   help="barostat relaxation time, fs (default 1000)")
+    g.add_argument("--compressibility", type=float, default=0.1, metavar="PER_GPA",
+                   help="compressibility guess, 1/GPa (sets the barostat speed; default 0.1)")
+    g.add_argument("--thermalize-ps", type=float, default=0.0, metavar="PS",
+                   help="run Langevin at --temperature this long first (default 0)")
+    g.add_argument("--restart-from", metavar="STATE.npz",
+                   help="continue from a --final-state file of a previous run")
+    g.add_argument("--final-state", metavar="STATE.npz",
+                   help="write the final state (positions, momenta, cell, bath) for a restart")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_bad_input_subprocess(files):
 
 def test_usage_errors_exit_2(files):
     with pytest.raises(SystemExit) as err:
-        cli.main(["md", str(files["model"]), str(files["crystal"]), "--ensemble", "npt"])
+        cli.main(["md", str(files["model"]), str(files["crystal"]), "--ensemble", "nph"])
     assert err.value.code == 2
 
 

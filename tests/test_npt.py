@@ -290,3 +290,25 @@ def test_thermalize_brings_a_crystal_to_its_temperature():
     t_warm = warm.log["temperature_k"][10:].mean()
     assert t_cold < 0.7 * 40.0
     assert abs(t_warm / 40.0 - 1.0) < 0.2
+
+
+def test_cli_npt_log_final_state_and_restart(tmp_path):
+    import ase.io
+
+    import jaxpot
+    from jaxpot import cli
+
+    pot = potentials.lennard_jones(SIGMA, EPS, 6.0)
+    model, crystal = tmp_path / "ar.jaxpot", tmp_path / "ar.xyz"
+    jaxpot.save_model(model, pot, pot.init(None, None))
+    ase.io.write(crystal, bulk("Ar", "fcc", a=5.5, cubic=True).repeat(2), format="extxyz")
+    base = ["md", str(model), str(crystal), "--ensemble", "npt", "--pressure-gpa", "0.2",
+            "--temperature", "50", "--dt", "5", "--steps", "20", "--log-every", "10",
+            "--tau-p", "200", "--compressibility", "0.5"]
+    state = tmp_path / "state.npz"
+    assert cli.main(base + ["--log", str(tmp_path / "a.csv"), "--final-state", str(state)]) == 0
+    header = (tmp_path / "a.csv").read_text().splitlines()[0].split(",")
+    assert {"volume_a3", "cell_a", "density_g_cm3", "pressure_gpa"} <= set(header)
+    assert cli.main(base + ["--restart-from", str(state)]) == 0
+    assert cli.main(base + ["--barostat", "mtk"]) == 2
+    assert cli.main(base + ["--cell-mask", "1,1"]) == 2
