@@ -109,3 +109,33 @@ def test_undersized_ghost_shell_is_refused():
     assert ghost_shell(pot, skin=1.0) == pytest.approx(10.0)  # 3 layers × 3 Å + 1 Å
     with pytest.raises(ValueError, match=r"ghost shell 5 Å is too small .* 3 layer"):
         JaxpotFix(None, pot, None, type_to_z=[29], skin=1.0, ghost_cutoff=5.0)
+
+
+def test_cli_runs_a_lammps_input_with_a_model(lj_runs, tmp_path):
+    from jaxpot import potentials
+    from jaxpot.serialization import save_model
+
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from lammps_worker import SETUP
+    finally:
+        sys.path.pop(0)
+    pot = potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+    save_model(tmp_path / "lj.jaxpot", pot, pot.init(None, None))
+    setup = SETUP.format(a=5.26, n=4, mass=39.948, t=80.0, dt=0.005)
+    (tmp_path / "in.lmp").write_text(setup + "fix integrate all nve\nrun 0\n")
+    env = _env()
+    env.pop("LD_LIBRARY_PATH")  # the command loads the MPI library itself
+    cmd = [sys.executable, "-m", "jaxpot", "lammps", str(tmp_path / "lj.jaxpot"),
+           str(tmp_path / "in.lmp"), "--elements", "Ar", "--float64", "--log", "none"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["natoms"] == 256
+    assert summary["pe_ev"] == pytest.approx(lj_runs[("native", 1)]["pe"], abs=1e-10)
+    # a pair_style in the input is refused (the model is the force field)
+    (tmp_path / "bad.lmp").write_text(setup + "pair_style lj/cut 8.5\nrun 0\n")
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "bad.lmp"), "--elements", "Ar"], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert bad.returncode == 2 and "pair_style" in bad.stderr
