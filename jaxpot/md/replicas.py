@@ -351,3 +351,107 @@ def _check_replica_inputs(n_rep, temperatures_kelvin, seeds, steps, log_every, d
     if not (np.isfinite(dt_fs) and dt_fs > 0):
         raise ValueError(f"simulate_replicas: dt_fs must be > 0 fs, got {dt_fs!r}")
     return kelvin, seeds
+
+
+def relax_replicas(
+    potential: Potential,
+    params,
+    systems: Sequence[System],
+    *,
+    cell: bool = True,
+    fmax: float = 0.05,
+    pressures_gpa=0.0,
+    mask=None,
+    hydrostatic: bool = False,
+    max_steps: int = 1000,
+    fire: _relax.FireConfig = _relax.FireConfig(),
+    skin: float = 0.5,
+    check_every: int = 100,
+    n_atoms: int | None = None,
+) -> list[tuple[System, dict]]:
+    """Relax many structures together (one compiled, vmapped FIRE program for all).
+
+    Each replica follows exactly the path of :func:`jaxpot.md.relax` on its own (the same
+    FIRE and cell coordinates; a replica that has converged stops moving while the others go
+    on), so structures of different sizes and cells padded into one bucket relax at the cost
+    of one compilation.
+
+    Args:
+      potential, params: the potential and its parameters.
+      systems: the starting structures (padded to ``n_atoms`` slots, default the largest).
+      cell, fmax, mask, hydrostatic, max_steps, fire, skin, check_every: as in
+        :func:`jaxpot.md.relax` (shared by all replicas).
+      pressures_gpa: target pressure per replica (or one for all), GPa.
+      n_atoms: atom slots of the bucket.
+
+    Returns:
+      One ``(relaxed_system, info)`` per replica, as :func:`jaxpot.md.relax` returns them
+      (padding kept).
+
+    Raises:
+      ValueError: bad options or structures (named).
+      NeighborListError: the lists keep overflowing at the same step.
+    """
+    n_rep = len(systems)
+    if n_rep < 1:
+        raise ValueError("relax_replicas: give at least one system")
+    press = np.broadcast_to(np.asarray(pressures_gpa, np.float64), (n_rep,))
+    padded = unstack(stack(list(systems), n_atoms=n_atoms))
+    opts = [_relax._check_relax_inputs(
+        potential, params, s, cell=cell, fmax=fmax, pressure_gpa=float(p), stress_gpa=None,
+        mask=mask, max_steps=max_steps, check_every=check_every) for s, p in zip(padded, press)]
+    opts = jax.tree.map(lambda *xs: jnp.stack(xs), *opts)
+    refs = jax.tree.map(lambda *xs: jnp.stack(xs), *[_relax._stripped(s) for s in padded])
+    lists = allocate_replicas(padded, potential.cutoff, skin=skin)
+    states = [_relax.initial_state(s, jax.tree.map(lambda a, r=r: a[r], lists), fire)
+              for r, s in enumerate(padded)]
+    states = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    segment = _relax._program(potential, bool(hydrostatic) and cell, fire, batched=True)
+    states, n_realloc = _drive_replicas(segment, params, refs, opts, states, potential, skin,
+                                        fmax=fmax, max_steps=max_steps, check_every=check_every)
+    out = []
+    for r in range(n_rep):
+        st = jax.tree.map(lambda a, r=r: a[r], states)
+        ref = jax.tree.map(lambda a, r=r: a[r], refs)
+        final = _relax.current_system(ref, st, opts["mask"][r])
+        volume = float(np.abs(np.linalg.det(np.asarray(final.cell))))
+        f_max = float(_relax._max_force(st))
+        energy = float(st.energy)
+        out.append((final, {"energy": energy, "enthalpy": energy + press[r] * units.GPa * volume,
+                            "stress": np.asarray(st.stress), "fmax": f_max,
+                            "steps": int(st.steps), "converged": f_max < fmax,
+                            "n_reallocations": n_realloc}))
+    return out
+
+
+def _drive_replicas(segment, params, refs, opts, states, potential, skin, *, fmax, max_steps,
+                    check_every):
+    """Host loop of :func:`relax_replicas`; any overflow reallocates every list (at each
+    replica's last good state) and the dropped steps are computed again."""
+    n_realloc, tries = 0, 0
+    dtype = states.energy.dtype
+    while True:
+        fm = np.asarray(jax.vmap(_relax._max_force)(states))
+        steps = np.asarray(states.steps)
+        going = ~np.asarray(states.evaluated) | ((fm >= fmax) & (steps < max_steps))
+        if not going.any():
+            return states, n_realloc
+        stop_at = jnp.asarray(np.minimum(steps + check_every, max_steps), jnp.int32)
+        states, bad = segment(params, refs, opts, states, stop_at, jnp.asarray(fmax, dtype))
+        if not bool(np.any(bad)):
+            tries = 0
+            continue
+        tries += 1
+        if tries > 8:
+            raise NeighborListError("relax_replicas: the neighbour lists still overflow after "
+                                    "8 reallocations (atoms or a cell collapsing?)")
+        n_realloc += 1
+        here = [_relax.current_system(jax.tree.map(lambda a, r=r: a[r], refs),
+                                      jax.tree.map(lambda a, r=r: a[r], states), opts["mask"][r])
+                for r in range(steps.shape[0])]
+        m = int(states.neighbors.spec.max_neighbors)
+        need = int(np.max(np.asarray(states.neighbors.max_count)))
+        fresh = allocate_replicas(here, potential.cutoff, skin=skin,
+                                  capacity_multiplier=1.25 * 1.5 ** tries,
+                                  min_capacity=max(m, int(need * 1.25) + 1))
+        states = states._replace(neighbors=fresh)
