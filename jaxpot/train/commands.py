@@ -66,7 +66,7 @@ def _cmd_train(args) -> int:
         "check_units": False if args.no_unit_check else None,
         "check_outliers": False if args.no_outlier_check else None,
         "long_range": getattr(args, "long_range", None), "charges": getattr(args, "charges", None),
-        "dispersion": getattr(args, "dispersion", None),
+        "dispersion": getattr(args, "dispersion", None), "devices": args.devices,
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -156,6 +156,9 @@ def register(subparsers) -> None:
                    help="wall-time budget of the whole run in minutes (compilation included)")
     p.add_argument("--seed", type=int, help="seed for split, initialisation and shuffling")
     p.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="data-parallel training on N devices (default: all visible devices "
+                        "that divide the batch size); several hosts: see docs/scaling.md")
     p.add_argument("--out", metavar="DIR", help="output directory (default ./run)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",

@@ -15,7 +15,7 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "keep_incomplete": "--keep-incomplete",
          "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
          "check_outliers": "--no-outlier-check", "long_range": "--long-range",
-         "charges": "--charges", "dispersion": "--dispersion"}
+         "charges": "--charges", "dispersion": "--dispersion", "devices": "--devices"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -80,6 +80,9 @@ class TrainConfig:
       charges: ``{element: charge in e}`` (or the flag's ``"Na=1,Cl=-1"``), required by
         ``fixed-charges`` and refused by the other modes.
       dispersion: ``none``, ``d3bj`` or ``fitted``: a dispersion term added to the hybrid.
+      devices: data-parallel training on this many devices (the first of ``jax.devices()``;
+        batch sizes must be multiples of it); None: all devices, as many as divide the batch
+        sizes (see :mod:`jaxpot.train.sharding`).
     """
 
     train: str | None = None
@@ -123,6 +126,7 @@ class TrainConfig:
     long_range: str = "none"
     charges: dict | str | None = None
     dispersion: str = "none"
+    devices: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -201,6 +205,7 @@ _RANGES = (
     ("time_budget_min", 0.0, math.inf, True, True),
     ("seed", 0, math.inf, False, False),
     ("max_shapes", 1, math.inf, False, False),
+    ("devices", 1, math.inf, False, True),
 )
 
 
