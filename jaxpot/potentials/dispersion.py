@@ -32,7 +32,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from jaxpot.potential import Potential, register
-from jaxpot.potentials import d3_tables as _tables
+from jaxpot.potentials.d3_tables import MAX_ELEMENT, d3_damping_params, d3_tables
 from jaxpot.system import System
 from jaxpot.units import Bohr, Hartree
 
@@ -40,6 +40,7 @@ __all__ = ["d3", "dispersion", "tail_energy", "bj_pair_energy", "d3_coordination
 
 _CN_STEEPNESS = 16.0  # k1 of D3's counting function
 _WEIGHT_WIDTH = 4.0  # k3 of D3's Gaussian reference weights
+_HI = jax.lax.Precision.HIGHEST  # no TF32 for float32 contractions on GPUs
 DEFAULT_CUTOFF = 60.0 * Bohr
 """Two-body cutoff of ``dftd3`` (60 bohr ≈ 31.75 Å)."""
 DEFAULT_CN_CUTOFF = 40.0 * Bohr
@@ -157,7 +158,7 @@ def d3_coordination_numbers(system: System, rcov, cn_cutoff: float, *, shift: bo
 
 def _d3_constants(zs: tuple[int, ...]) -> dict:
     """The D3 tables restricted to the elements ``zs``, as NumPy arrays (atomic units)."""
-    t = _tables.d3_tables()
+    t = d3_tables()
     rows = np.asarray(zs) - 1
     index = np.full(119, -1, np.int32)
     index[list(zs)] = np.arange(len(zs), dtype=np.int32)
@@ -180,8 +181,8 @@ def _d3_tail(k, u, w, row, r4r2, system, cutoff, p):
     n_species = k["c6"].shape[0]
     weights6 = jax.ops.segment_sum(w, row, num_segments=n_species)  # [S, 7]
     weights8 = jax.ops.segment_sum(w * r4r2[:, None], row, num_segments=n_species)
-    c6_sum = jnp.einsum("itb,tb->i", u, weights6)
-    c8_sum = 3.0 * r4r2 * jnp.einsum("itb,tb->i", u, weights8)
+    c6_sum = jnp.einsum("itb,tb->i", u, weights6, precision=_HI)
+    c8_sum = 3.0 * r4r2 * jnp.einsum("itb,tb->i", u, weights8, precision=_HI)
     bulk = _is_bulk(system)
     volume = jnp.where(bulk, system.volume, 1.0) / Bohr ** 3
     e = tail_energy(p["s6"] * c6_sum, volume, cutoff / Bohr, p["s8"] * c8_sum)
@@ -198,7 +199,7 @@ def _d3_atomic(k: dict, opts: dict, p: dict, system: System):
                                  shift=opts["shift"])
     w = _d3_weights(k, row, cn, mask)
     c6_table = jnp.asarray(k["c6"])
-    u = jnp.einsum("ia,itab->itb", w, c6_table[row])  # [n, S, 7]
+    u = jnp.einsum("ia,itab->itb", w, c6_table[row], precision=_HI)  # [n, S, 7]
     receivers, senders, r, inside = _edges(system, opts["cutoff"])
     c6 = jnp.sum(u[receivers, row[senders]] * w[senders], axis=-1)
     ratio = 3.0 * r4r2[receivers] * r4r2[senders]
@@ -257,16 +258,16 @@ def d3(functional: str | None = "pbe", *, damping: str = "bj",
     keys = _D3_KEYS.get(damping)
     if keys is None:
         raise ValueError(f"d3: damping must be 'bj' or 'zero', got {damping!r}")
-    base = _tables.d3_damping_params(functional, damping) if functional is not None else {}
+    base = d3_damping_params(functional, damping) if functional is not None else {}
     merged = {**base, **{k: float(v) for k, v in (params or {}).items()}}
     unknown, missing = set(merged) - set(keys), set(keys) - set(merged)
     if unknown or missing:
         raise ValueError(f"d3({damping}): parameters {sorted(missing)} missing and "
                          f"{sorted(unknown)} unknown; expected {list(keys)}")
     cutoff, cn_cutoff = _check_cutoff("d3", cutoff), _check_cutoff("d3", cn_cutoff, "cn_cutoff")
-    zs = (tuple(range(1, _tables.MAX_ELEMENT + 1)) if species is None
+    zs = (tuple(range(1, MAX_ELEMENT + 1)) if species is None
           else _species_index(species, "d3: species")[0])
-    if zs[-1] > _tables.MAX_ELEMENT:
+    if zs[-1] > MAX_ELEMENT:
         raise ValueError(f"d3: no D3 data for {chemical_symbols[zs[-1]]} (Z > 103)")
     k = _d3_constants(zs)
     opts = {"cutoff": cutoff, "cn_cutoff": cn_cutoff, "shift": bool(shift),
@@ -366,8 +367,9 @@ def _fitted_atomic(index, opts, params, system: System):
         counts = jax.ops.segment_sum(mask.astype(r.dtype), row, num_segments=c6m.shape[0])
         bulk = _is_bulk(system)
         volume = jnp.where(bulk, system.volume, 1.0)
-        tail = tail_energy(opts["s6"] * (c6m @ counts)[row], volume, opts["cutoff"],
-                           opts["s8"] * (c8m @ counts)[row])
+        c6_sum = jnp.matmul(c6m, counts, precision=_HI)[row]
+        c8_sum = jnp.matmul(c8m, counts, precision=_HI)[row]
+        tail = tail_energy(opts["s6"] * c6_sum, volume, opts["cutoff"], opts["s8"] * c8_sum)
         atomic = atomic + jnp.where(bulk & mask, tail, 0.0)
     return atomic
 
