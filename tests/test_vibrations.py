@@ -149,3 +149,32 @@ def test_harmonic_thermo_equals_summed_partition_function():
     assert vib.HBAR_OMEGA == pytest.approx(units._hbar * omega / units._e, rel=1e-12)
     with pytest.raises(ValueError, match="temperature"):
         vib.harmonic_thermo(freqs, -1.0)
+
+
+def test_properties_cli_morse_dimer_is_analytic_and_bad_input_exits_2(tmp_path, capsys):
+    import json
+
+    from ase.io import write
+
+    from jaxpot import cli
+    from jaxpot.serialization import save_model
+
+    pot = morse(D, ALPHA, R0, 6.0)
+    save_model(tmp_path / "m.model", pot, pot.init(None, None))
+    write(tmp_path / "co.xyz", Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.3]]))
+    out = tmp_path / "props.json"
+    capsys.readouterr()
+    assert cli.main(["properties", str(tmp_path / "m.model"), str(tmp_path / "co.xyz"),
+                     "-o", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed
+    f = printed["vibrations"]["frequencies_cm1"]
+    mu = 12.011 * 15.999 / (12.011 + 15.999)
+    analytic = vib.HBAR_OMEGA * np.sqrt(2 * D * ALPHA**2 / mu) / vib.EV_PER_CM  # k = 2Dα²
+    assert len(f) == 1 and f[0] == pytest.approx(analytic, rel=1e-4)  # relaxed to 1e-4 eV/Å
+    zpe = printed["vibrations"]["zpe_eV"]
+    assert zpe == pytest.approx(0.5 * analytic * vib.EV_PER_CM, rel=1e-4)
+    args = ["properties", str(tmp_path / "m.model"), str(tmp_path / "co.xyz")]
+    assert cli.main([*args, "--what", "elastic"]) == 2  # not for a molecule
+    assert cli.main([*args, "-o", str(tmp_path / "co.xyz")]) == 2  # would overwrite the input
+    assert "refusing to overwrite" in capsys.readouterr().err
