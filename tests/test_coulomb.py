@@ -193,6 +193,17 @@ def test_direct_sum_cluster_and_atomic_outputs():
     auto = C.coulomb({"Na": 1, "Cl": -1}, cutoff=6.0)
     assert abs(float(auto.energy({}, System.from_ase(atoms, cutoff=6.0))) - e) < 1e-10 * abs(e)
     assert from_config(auto.config).config == auto.config
+    # ... and a periodic one the lattice sum, forces included (through the branch on pbc)
+    crystal = _nacl_rattled()
+    system = System.from_ase(crystal, cutoff=6.0)
+    ewald = C.coulomb({"Na": 1, "Cl": -1}, method="ewald", cutoff=6.0, max_lengths=6.0,
+                      periodic=True)
+    (e_auto, f_auto), (e_ew, f_ew) = (jax.value_and_grad(
+        lambda x, p=p: p.energy({}, system.replace(positions=x)))(system.positions)
+        for p in (auto, ewald))
+    assert abs(float(e_auto) - float(e_ew)) < 1e-10 * abs(float(e_ew))
+    assert np.abs(np.asarray(f_ew)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(f_auto), np.asarray(f_ew), atol=1e-10)
 
 
 def test_gaussian_charges_limits():
