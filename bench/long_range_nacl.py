@@ -34,11 +34,15 @@ RUNS = {
 }
 
 
-def train_all(data: str, out: str, budget: float, names: list[str], seed: int) -> dict:
+def train_all(data: str, out: str, budget: float, names: list[str], seed: int,
+              max_shapes: int) -> dict:
     """Start one ``jaxpot train`` per name at once; wait for all; return their summaries."""
     procs = {}
+    config = os.path.join(out, "common.yaml")  # one padded batch shape: one compilation each
+    with open(config, "w") as f:
+        f.write(f"max_shapes: {max_shapes}\n")
     for name in names:
-        cmd = [sys.executable, "-m", "jaxpot", "train", "--train", f"{data}/train.xyz",
+        cmd = [sys.executable, "-m", "jaxpot", "train", config, "--train", f"{data}/train.xyz",
                "--valid", f"{data}/valid.xyz", "--model", "nequip", "--cutoff", "5",
                "--time-budget-min", str(budget), "--seed", str(seed),
                "--out", os.path.join(out, name), "--restart", *RUNS[name]]
@@ -112,12 +116,14 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-min", type=float, default=15.0)
     ap.add_argument("--runs", default="nequip,hybrid", help="comma-separated: nequip,hybrid,qeq")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-shapes", type=int, default=1,
+                    help="padded batch shapes per run (each one compiles; default 1)")
     ap.add_argument("--eval-only", action="store_true")
     args = ap.parse_args(argv)
     names = args.runs.split(",")
     os.makedirs(args.out, exist_ok=True)
     if not args.eval_only:
-        train_all(args.data, args.out, args.budget_min, names, args.seed)
+        train_all(args.data, args.out, args.budget_min, names, args.seed, args.max_shapes)
     table = evaluate_all(args.data, args.out, names)
     with open(os.path.join(args.out, "eval.json"), "w") as f:
         json.dump(table, f, indent=2)
