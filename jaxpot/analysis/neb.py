@@ -163,6 +163,20 @@ def _fire_chunk(ef, n_steps, params, batch, x, v, dt, alpha, n_pos, k_spring, cl
     return x, v, dt, alpha, n_pos, e, jnp.max(jnp.abs(fn)), c_idx
 
 
+_EF: dict = {}
+
+
+def _forces_fn(potential: Potential):
+    """One ``energy_and_forces`` function per energy function, so that repeated NEB runs of the
+    same model reuse the compiled optimiser (the function is a static argument of the jit)."""
+    key = id(potential.energy)
+    if key not in _EF or _EF[key][0] is not potential.energy:
+        if len(_EF) > 16:
+            _EF.clear()
+        _EF[key] = (potential.energy, energy_and_forces(potential))
+    return _EF[key][1]
+
+
 def neb(potential: Potential, params, images, template: System | None = None, *,
         k_spring: float = 0.1, climb: bool = False, fmax: float = 0.01, max_steps: int = 5000,
         fixed=None, skin: float = 1.0, dt: float = 0.05, dt_max: float = 0.2,
@@ -201,7 +215,7 @@ def neb(potential: Potential, params, images, template: System | None = None, *,
     if x.ndim != 3 or x.shape[0] < 3:
         raise ValueError(f"neb: need [n_images ≥ 3, n_atoms, 3] images, got {x.shape}")
     movable = np.ones(x.shape[1]) if fixed is None else (~np.asarray(fixed, bool)).astype(float)
-    ef = energy_and_forces(potential)
+    ef = _forces_fn(potential)
     dtype = template.positions.dtype
     state = (jnp.asarray(x, dtype), jnp.zeros(x.shape, dtype), jnp.asarray(dt, dtype),
              jnp.asarray(0.1, dtype), jnp.asarray(0, jnp.int32))

@@ -119,6 +119,10 @@ def _pair_counts(positions, cell, pbc, types, mask, r_max, n_bins, n_types, bloc
     return counts.reshape(n_types, n_types, n_bins)
 
 
+_counts_jit = jax.jit(_pair_counts, static_argnums=(2, 5, 6, 7, 8))
+"""One compiled histogram per (pbc, r_max, n_bins, n_types, shapes), reused across calls."""
+
+
 def _normalise(counts, volume, n_per_type, edges):
     """``g [T, T, n_bins]`` from ordered pair counts of one frame (traced or NumPy)."""
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
@@ -188,8 +192,11 @@ def rdf_arrays(positions, cells, numbers, *, r_max: float, n_bins: int, pbc=True
     types = _types_of(np.where(mask, numbers, elements[0]), elements)
     n_per = np.array([np.sum(mask & (types == t)) for t in range(len(elements))], np.float64)
     edges = np.linspace(0.0, r_max, int(n_bins) + 1)
-    fn = jax.jit(lambda p, cc: _pair_counts(p, cc, pbc, jnp.asarray(types), jnp.asarray(mask),
-                                            float(r_max), int(n_bins), len(elements)))
+    args = (tuple(bool(b) for b in pbc), float(r_max), int(n_bins), len(elements))
+    types_j, mask_j = jnp.asarray(types), jnp.asarray(mask)
+
+    def fn(p, cc):
+        return _counts_jit(p, cc, args[0], types_j, mask_j, *args[1:])
     vols = np.full(x.shape[0], float(volume)) if volume is not None else \
         np.abs(np.linalg.det(c))
     g = np.zeros((len(elements), len(elements), int(n_bins)))
