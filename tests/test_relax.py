@@ -84,3 +84,31 @@ def test_relax_bad_input():
         rx.relax(POT, None, system, mask=[True, False])
     with pytest.raises(ValueError, match="symmetric"):
         rx.target_stress(0.0, [[1, 2, 0], [0, 1, 0], [0, 0, 1]])
+
+
+def test_cli_relax_writes_structure_and_summary(tmp_path, capsys):
+    import json
+
+    from ase.io import read, write
+
+    from jaxpot.cli import main
+    from jaxpot.serialization import save_model
+
+    model = tmp_path / "lj.model"
+    save_model(model, POT, POT.init(None, None))
+    start = _structures()["fcc"]
+    write(tmp_path / "in.xyz", start)
+    out = tmp_path / "out.xyz"
+    code = main(["relax", str(model), str(tmp_path / "in.xyz"), "--cell", "--fmax", "1e-4",
+                 "--steps", "2000", "-o", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    ref, n_steps = _ase_relax(start, 1e-4)
+    assert code == 0 and summary["converged"] and summary["steps"] == n_steps
+    assert np.abs(np.array(summary["lattice_parameters"]) - ref.cell.cellpar()).max() < 1e-4
+    got = read(out)
+    assert np.abs(got.cell.cellpar() - ref.cell.cellpar()).max() < 1e-4
+    assert abs(summary["energy_per_atom_ev"] - ref.get_potential_energy() / len(ref)) < 1e-6
+    # bad input: exit code 2 and no output written
+    assert main(["relax", str(model), str(tmp_path / "in.xyz"), "--fmax", "0",
+                 "-o", str(tmp_path / "bad.xyz")]) == 2
+    assert not (tmp_path / "bad.xyz").exists()
