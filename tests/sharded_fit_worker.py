@@ -69,10 +69,12 @@ def _fit(devices, tr, va, example, *, model: str, epochs: int, checkpoint: str |
 
     res = train.fit(pot, params, tr, va, cfg, stats=stats, devices=devices,
                     checkpoint_path=checkpoint, callback=record, verbose=False)
+    evals = [train.evaluate(pot, res.params, va, batch_size=4, devices=d) for d in (None, devices)]
     leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(res.state.params)]
     shardings = {str(x.sharding) for x in jax.tree.leaves(res.state.params)}
     return {"losses": losses, "params": np.concatenate(leaves).tolist(),
-            "n_devices_seen": len(jax.devices()), "shardings": sorted(shardings)[:2]}
+            "n_devices_seen": len(jax.devices()), "shardings": sorted(shardings)[:2],
+            "eval_one_device": evals[0], "eval_sharded": evals[1]}
 
 
 def main(argv=None) -> int:

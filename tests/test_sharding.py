@@ -61,6 +61,11 @@ def test_same_training_on_1_2_4_devices(sharded_runs):
         assert f"'batch': {n}" in run["shardings"][0], run["shardings"]  # really sharded
         assert _rel(run["losses"], one["losses"]) < 1e-5
         assert _rel(run["params"], one["params"]) < 1e-5
+        # evaluation with each batch spread over the devices: the same metrics
+        a, b = run["eval_one_device"], run["eval_sharded"]
+        assert a["n_structures"] == b["n_structures"] == 4
+        for key in ("energy_mae_mev_per_atom", "force_mae_mev_per_a"):
+            assert a[key] > 0 and b[key] == pytest.approx(a[key], rel=1e-5), key
 
 
 def test_checkpoint_from_4_devices_resumes_on_1(sharded_runs):

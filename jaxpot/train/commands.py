@@ -96,14 +96,14 @@ def _cmd_eval(args) -> int:
     with scope:
         metrics = evaluate_files(args.model, args.data, batch_size=args.batch_size,
                                  energy_key=args.energy_key, forces_key=args.forces_key,
-                                 stress_key=args.stress_key)
+                                 stress_key=args.stress_key, devices=args.devices)
     print(json.dumps(metrics, indent=2, allow_nan=False))
     return 0
 
 
 def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
                    energy_key: str = "energy", forces_key: str | None = "forces",
-                   stress_key: str | None = "stress") -> dict:
+                   stress_key: str | None = "stress", devices: int | None = None) -> dict:
     """Error metrics of a model file on a labelled extxyz file (what ``jaxpot eval`` prints).
 
     Checked on the host before anything is compiled: the model's parameter arrays against the
@@ -127,7 +127,7 @@ def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
         raise ValueError(f"{data_path}: no structures")
     for s in dataset.structures:
         check_species(potential, s.numbers, where=s.source or data_path)
-    metrics = evaluate(potential, params, dataset, batch_size=batch_size)
+    metrics = evaluate(potential, params, dataset, batch_size=batch_size, devices=devices)
     if not dataset.has_forces:
         metrics["forces"] = (f"no force metric: no force labels in {data_path} "
                              f"(--forces-key {forces_key!r})")
@@ -197,4 +197,6 @@ def register(subparsers) -> None:
     e.add_argument("--forces-key", default="forces")
     e.add_argument("--stress-key", default="stress")
     e.add_argument("--float64", action="store_true", help="evaluate in float64")
+    e.add_argument("--devices", type=int, metavar="N",
+                   help="spread each batch over N devices (--batch-size a multiple of N)")
     e.set_defaults(func=_cmd_eval)

@@ -19,6 +19,7 @@ from jaxpot.files import append_csv_row
 from jaxpot.potential import Potential
 from jaxpot.train.budget import TimeBudget
 from jaxpot.train.loss import LossWeights
+from jaxpot.train.sharding import data_parallel
 from jaxpot.train.step import make_eval_step
 
 __all__ = ["evaluate", "metrics_from_sums", "write_csv_row", "read_csv"]
@@ -61,7 +62,7 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
              batch_size: int = 16, weights: LossWeights | None = None, eval_step=None,
              stress: bool | None = None, return_predictions: bool = False,
              deadline: float | None = None, budget: TimeBudget | None = None,
-             nonfinite: str = "raise", partial: bool = False):
+             nonfinite: str = "raise", partial: bool = False, devices=None):
     """Errors of ``potential`` on a dataset.
 
     Args:
@@ -81,6 +82,9 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
       nonfinite: ``"raise"``: a non-finite prediction raises ``ValueError`` naming the first
         such structure (its ``source``, e.g. ``"valid.xyz frame 12"``); ``"keep"``: the
         metrics come out non-finite (the training loop reports divergence itself).
+      devices: spread every batch over this many devices (or these devices; see
+        :mod:`jaxpot.train.sharding`); the batch size must be a multiple of the count.
+        None: one device.
 
     Returns:
       The metrics dict (:func:`metrics_from_sums`), and with ``return_predictions`` a second
@@ -89,6 +93,12 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
     """
     loader = data if isinstance(data, BatchLoader) else BatchLoader(
         data, batch_size, shuffle=False)
+    if devices is not None:
+        dp = data_parallel(devices, batch_sizes=(loader.batch_size,))
+        if dp is not None:
+            loader = BatchLoader(loader.dataset, loader.batch_size, shapes=loader.shapes,
+                                 shuffle=False, dtype=loader.dtype, put=dp.put)
+            params = dp.replicate(params)
     if stress is None:
         stress = loader.dataset.has_stress
     if eval_step is None:
