@@ -88,13 +88,22 @@ def test_d3_periodic_matches_dftd3():
     np.testing.assert_allclose(np.asarray(s), s_ref, atol=TOL, rtol=0)
 
 
-def test_d3_physics_checks():
-    pot = d3("pbe", cutoff=7.0, cn_cutoff=5.0, tail=True)
+def _d3_physics_case():
+    pot = d3("pbe", cutoff=6.0, cn_cutoff=4.5, tail=True, species=["Na", "Cl"])
     system = System.from_ase(_crystal(), cutoff=pot.cutoff + 0.1)
-    params = pot.init(None, system)
-    testing.assert_rotation_reflection_invariance(pot, params, system)
+    return pot, pot.init(None, system), system
+
+
+@pytest.mark.slow
+def test_d3_translation_and_permutation():
+    pot, params, system = _d3_physics_case()
     testing.assert_translation_invariance(pot, params, system)
     testing.assert_permutation_invariance(pot, params, system)
+
+
+def test_d3_physics_checks():
+    pot, params, system = _d3_physics_case()
+    testing.assert_rotation_reflection_invariance(pot, params, system)
     testing.assert_padding_invariance(pot, params, system)
     testing.assert_forces_match_finite_differences(pot, params, system)
     testing.assert_stress_matches_finite_differences(pot, params, system)
