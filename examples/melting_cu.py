@@ -84,8 +84,7 @@ def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, pre
     if model is not None:
         import jaxpot
 
-        loaded = jaxpot.load_model(model)
-        pots["model"] = (loaded.potential, loaded.params)
+        pots["model"] = jaxpot.load_model(model)
     summary = {}
     for name, (pot, params) in pots.items():
         params = pot.init(None, None) if params is None else params

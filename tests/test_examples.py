@@ -73,3 +73,16 @@ def test_ntk_width_gap_shrinks_with_width(x64_off):
     for narrow, wide in zip(gaps, gaps[1:], strict=False):
         assert wide < 0.5 * narrow, gaps
     assert results[widths[-1]]["corr"] > 0.999
+
+
+def test_melting_cu(tmp_path):
+    """Tiny run of the coexistence example with EMT (fixed volume, no heating curve)."""
+    summary = _load("melting_cu").main(reps=(2, 2, 4), temps=(800.0, 1900.0), steps=40,
+                                       prep_steps=60, heat_steps=0, dt_fs=5.0,
+                                       ensemble="langevin", out_dir=tmp_path)
+    r = summary["EMT"]
+    assert 0.0 < r["threshold"] < 0.6
+    assert np.asarray(r["fractions"]).shape[0] == 2
+    assert (tmp_path / "solid_fraction.png").stat().st_size > 5_000
+    assert json.loads((tmp_path / "summary.json").read_text())["EMT"]["temperatures"] == [800.0,
+                                                                                          1900.0]
