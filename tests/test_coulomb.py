@@ -274,7 +274,7 @@ def test_bad_input_and_limits():
     assert np.isnan(_energy(atoms, _charges(atoms), s))
 
 
-def _bmh_pot(max_lengths=(12.0, 12.0, 30.0)):
+def _bmh_pot(max_lengths):
     pairs = {"Na-Na": [0.2637037584, 0.317, 2.3400, 1.0485735245, -0.4993207260],
              "Na-Cl": [0.2109630067, 0.317, 2.7550, 6.9904901634, -8.6756976135],
              "Cl-Cl": [0.1582222550, 0.317, 3.1700, 72.4015052637, -145.4271614349]}
@@ -284,7 +284,8 @@ def _bmh_pot(max_lengths=(12.0, 12.0, 30.0)):
 
 
 def _check_frames(frames):
-    pot = _bmh_pot()
+    # the static k box covers the longest lattice vectors of the set (melt cells are 12.7 Å)
+    pot = _bmh_pot(max_lengths=np.max([a.cell.lengths() for a in frames], axis=0))
     n_atoms = max(len(a) for a in frames)
     systems = [System.from_ase(a, cutoff=9.0) for a in frames]
     n_edges = max(s.n_edges for s in systems)
@@ -314,3 +315,18 @@ def test_nacl_bmh_reproduced_on_vendored_frames():
 @pytest.mark.parametrize("split", ["train", "valid"])
 def test_nacl_bmh_reproduced_on_every_frame(split):
     _check_frames(ase.io.read(SHARED / f"{split}.xyz", ":"))
+
+
+def test_float64_term_in_a_float32_model():
+    atoms, d = _crystal("rocksalt")
+    q = _charges(atoms).astype(np.float32)
+    system = System.from_ase(atoms, cutoff=6.0, dtype=np.float32)
+    ref = -len(atoms) / 2 * MADELUNG["rocksalt"] * KE / d
+    errors = {}
+    for dtype in (None, "float64"):
+        s = C.coulomb_settings("ewald", cutoff=6.0, max_lengths=6.0, periodic=True, dtype=dtype)
+        e = C.coulomb_energy(system, q, s)
+        assert e.dtype == np.float32  # the model's dtype comes back
+        errors[dtype] = abs(float(C.coulomb_energy(system, q, s)) / ref - 1)
+    # float32 inputs (positions rounded to ~3e-7 Å) evaluated in float64, returned in float32
+    assert errors["float64"] < 1e-7, errors
