@@ -234,6 +234,11 @@ def test_errors_and_config():
     system = System.from_ase(atoms, cutoff=8.0)
     assert abs(float(again.energy(again.init(None, system), system)
                      - pot.energy(pot.init(None, system), system))) < 1e-14
+    # float32 structures give float32 energies close to float64
+    system32 = System.from_ase(atoms, cutoff=8.0, dtype=np.float32)
+    e32 = pot.energy(pot.init(None, system32), system32)
+    e64 = pot.energy(pot.init(None, system), system)
+    assert e32.dtype == np.float32 and abs(float(e32) / float(e64) - 1) < 1e-5
 
 
 def test_missing_dftd3_gives_clear_error(monkeypatch):

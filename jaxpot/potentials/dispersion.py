@@ -170,7 +170,7 @@ def _d3_constants(zs: tuple[int, ...]) -> dict:
 
 def _d3_weights(k: dict, row, cn, mask):
     """Gaussian reference weights ``[n_atoms, 7]`` (a softmax: stable for any CN)."""
-    ref_cn = jnp.asarray(k["cn"])[row]
+    ref_cn = jnp.asarray(k["cn"], cn.dtype)[row]
     logits = jnp.where(jnp.asarray(k["valid"])[row], -_WEIGHT_WIDTH * (cn[:, None] - ref_cn) ** 2,
                        -1e30)
     return jnp.where(mask[:, None], jax.nn.softmax(logits, axis=-1), 0.0)
@@ -194,11 +194,12 @@ def _d3_atomic(k: dict, opts: dict, p: dict, system: System):
     n = system.positions.shape[0]
     mask = system.atom_mask
     row = jnp.where(mask, jnp.asarray(k["index"])[system.species], 0)
-    r4r2 = jnp.asarray(k["r4r2"])[row]
-    cn = d3_coordination_numbers(system, jnp.asarray(k["rcov"])[row], opts["cn_cutoff"],
+    dtype = system.positions.dtype  # the tables follow the structure (float32 or float64)
+    r4r2 = jnp.asarray(k["r4r2"], dtype)[row]
+    cn = d3_coordination_numbers(system, jnp.asarray(k["rcov"], dtype)[row], opts["cn_cutoff"],
                                  shift=opts["shift"])
     w = _d3_weights(k, row, cn, mask)
-    c6_table = jnp.asarray(k["c6"])
+    c6_table = jnp.asarray(k["c6"], dtype)
     u = jnp.einsum("ia,itab->itb", w, c6_table[row], precision=_HI)  # [n, S, 7]
     receivers, senders, r, inside = _edges(system, opts["cutoff"])
     c6 = jnp.sum(u[receivers, row[senders]] * w[senders], axis=-1)
@@ -207,7 +208,7 @@ def _d3_atomic(k: dict, opts: dict, p: dict, system: System):
         def pair(d):
             return _bj(d, c6, ratio, p)
     else:
-        r0 = jnp.asarray(k["r0"])[row[receivers], row[senders]]
+        r0 = jnp.asarray(k["r0"], dtype)[row[receivers], row[senders]]
 
         def pair(d):
             return _zero_pair_energy(d, c6, c6 * ratio, r0, p)
@@ -274,7 +275,8 @@ def d3(functional: str | None = "pbe", *, damping: str = "bj",
             "tail": bool(tail), "damping": damping}
 
     def init(key, system):
-        return {name: jnp.asarray(merged[name]) for name in keys}
+        dt = None if system is None else system.positions.dtype
+        return {name: jnp.asarray(merged[name], dt) for name in keys}
 
     def atomic(p, system):
         return {"energy": _d3_atomic(k, opts, p, system)}
@@ -416,10 +418,11 @@ def dispersion(c6, *, c8=None, species=None, damping: str = "bj", a1: float = 0.
             "s8": float(s8)}
 
     def init(key, system):
-        p = {"c6": jnp.asarray(c6_values), "a1": jnp.asarray(float(a1)),
-             "a2": jnp.asarray(float(a2))}
+        dt = None if system is None else system.positions.dtype
+        p = {"c6": jnp.asarray(c6_values, dt), "a1": jnp.asarray(float(a1), dt),
+             "a2": jnp.asarray(float(a2), dt)}
         if c8_values is not None:
-            p["c8"] = jnp.asarray(c8_values)
+            p["c8"] = jnp.asarray(c8_values, dt)
         return p
 
     def atomic(params, system):
