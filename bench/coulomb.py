@@ -52,11 +52,13 @@ def nacl(n_ions: int, seed: int = 0):
 
 
 def jaxpot_fn(settings, system, q):
-    def energy(x):
+    # the structure and charges are arguments (not constants folded into the program), as in MD
+    def energy(x, system, q):
         return C.coulomb_energy(system.replace(positions=x), q, settings)
 
     fn = jax.jit(jax.value_and_grad(energy))
-    return lambda: [np.asarray(v) * s for v, s in zip(fn(system.positions), (1, -1),
+    qj = jnp.asarray(q)
+    return lambda: [np.asarray(v) * s for v, s in zip(fn(system.positions, system, qj), (1, -1),
                                                        strict=True)]
 
 

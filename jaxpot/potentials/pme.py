@@ -118,17 +118,25 @@ def pme_energy(positions, charges, cell, alpha: float, mesh, order: int) -> jax.
     frac = frac - jnp.floor(frac)
     grid = _spread(frac, charges, tuple(mesh), order)
     power = jnp.abs(jnp.fft.fftn(grid)) ** 2
-    freqs = [np.fft.fftfreq(k, 1.0 / k) for k in mesh]
-    m = np.stack(np.meshgrid(*freqs, indexing="ij"), -1).reshape(-1, 3)
-    moduli = np.ones(len(m))
-    for a in range(3):
-        moduli = moduli * bspline_moduli(mesh[a], order)[np.mod(m[:, a].astype(int), mesh[a])]
-    recip = 2.0 * jnp.pi * inv.T
-    k = jnp.matmul(jnp.asarray(m, dtype), recip, precision=_HI)
-    k2 = jnp.sum(k * k, -1)
-    nonzero = np.any(m != 0, axis=1)
-    k2s = jnp.where(nonzero, k2, 1.0)
-    weight = jnp.where(nonzero, jnp.exp(-k2s / (4.0 * alpha * alpha)) / k2s, 0.0)
-    weight = weight * jnp.asarray(moduli, dtype)
+    weight = _influence(inv, alpha, tuple(mesh), order, dtype)
     volume = jnp.abs(jnp.linalg.det(cell))
-    return 2.0 * jnp.pi / volume * jnp.sum(weight * power.reshape(-1))
+    return 2.0 * jnp.pi / volume * jnp.sum(weight * power)
+
+
+def _influence(inv, alpha, mesh, order, dtype):
+    """``exp(−k²/4α²)/k² |b(m)|²`` on the mesh (0 at ``m = 0``), built by broadcasting three
+    1-D arrays (no mesh-sized constants in the program)."""
+    freqs = [jnp.asarray(np.fft.fftfreq(k, 1.0 / k), dtype) for k in mesh]
+    axes = [(slice(None), None, None), (None, slice(None), None), (None, None, slice(None))]
+    recip = 2.0 * jnp.pi * inv.T  # row a: reciprocal vector b_a, k = Σ_a m_a b_a
+    k2 = 0.0
+    for c in range(3):
+        kc = sum(freqs[a][axes[a]] * recip[a, c] for a in range(3))
+        k2 = k2 + kc * kc
+    moduli = 1.0
+    zero = True
+    for a in range(3):
+        moduli = moduli * jnp.asarray(bspline_moduli(mesh[a], order), dtype)[axes[a]]
+        zero = zero & (freqs[a] == 0)[axes[a]]
+    k2s = jnp.where(zero, 1.0, k2)
+    return jnp.where(zero, 0.0, jnp.exp(-k2s / (4.0 * alpha * alpha)) / k2s) * moduli
