@@ -8,7 +8,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 
 from jaxpot import System, potentials, units
-from jaxpot.md import relax as rx
+from jaxpot.md import relax as rx  # the module
 from jaxpot.md.replicas import relax_replicas
 
 SIG, EPS, RC = 2.3, 0.4, 5.0
@@ -45,7 +45,7 @@ def test_cell_relaxation_matches_ase_fire_frechet():
     fmax = 1e-4
     got = relax_replicas(POT, POT.init(None, None), [System.from_ase(structs[k]) for k in names],
                          fmax=fmax, max_steps=2000, pressures_gpa=pressures)
-    for name, p, (relaxed, info) in zip(names, pressures, got):
+    for name, p, (relaxed, info) in zip(names, pressures, got, strict=True):
         ref, n_steps = _ase_relax(structs[name], fmax, p)
         mine = relaxed.to_ase()
         n = len(ref)

@@ -14,7 +14,9 @@ Example:
 Building blocks: ``md.nve / md.langevin / md.nose_hoover`` return ``Integrator(init, step)``
 pairs whose state carries a :class:`jaxpot.neighbors.Neighbors` list updated every step;
 :func:`simulate` fuses steps in jitted ``lax.scan`` blocks and never computes a step on an
-overflowed list; :func:`fire` relaxes positions.
+overflowed list; :func:`fire` relaxes positions; :func:`relax.relax` relaxes positions and the
+cell (FIRE + ASE's ``FrechetCellFilter`` coordinates); :func:`simulate_replicas` and
+:func:`relax_replicas` step many systems together in one vmapped program.
 
 Hooks for growth: integrators call a :class:`ForceProvider` (``md.provider(potential, params)``:
 energy, forces, stress and per-atom outputs) instead of closing over the potential; the state
@@ -33,6 +35,7 @@ with Nosé–Hoover chains is not provided yet. Start-up: ``thermalize_ps`` (Lan
 ``restart`` from a file written by :func:`save_state`.
 """
 
+from jaxpot.md import relax  # the module: md.relax.relax(...)
 from jaxpot.md.blocks import NeighborKeeper, NeighborListError, run_checked
 from jaxpot.md.checks import SimulationUnstable, check_params_finite
 from jaxpot.md.forces import ForceOutput, ForceProvider, provider
@@ -52,6 +55,7 @@ from jaxpot.md.integrators import (
 )
 from jaxpot.md.minimize import fire
 from jaxpot.md.npt import NPTState, c_rescale
+from jaxpot.md.replicas import relax_replicas, simulate_replicas
 from jaxpot.md.restart import load_state, save_state
 from jaxpot.md.run import ENSEMBLES, MDResult, Observer, StopPredicate, simulate
 from jaxpot.md.trajectory import Trajectory, write_trajectory
@@ -83,10 +87,13 @@ __all__ = [
     "nose_hoover",
     "nve",
     "provider",
+    "relax",
+    "relax_replicas",
     "remove_net_momentum",
     "run_checked",
     "save_state",
     "simulate",
+    "simulate_replicas",
     "temperature",
     "write_trajectory",
 ]

@@ -44,7 +44,8 @@ from jaxpot.md.checks import check_params_finite
 from jaxpot.potential import Potential, check_species, energy_forces_stress
 from jaxpot.system import System
 
-__all__ = ["FireConfig", "RelaxState", "cell_mask", "current_system", "initial_state", "relax", "target_stress"]
+__all__ = ["FireConfig", "RelaxState", "cell_mask", "current_system", "initial_state", "relax",
+           "target_stress"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -265,7 +266,7 @@ def _make_segment(potential, hydrostatic: bool, cfg: FireConfig):
 
 
 def initial_state(system: System, neighbors: nb.Neighbors,
-                  fire: FireConfig = FireConfig()) -> RelaxState:
+                  fire: FireConfig | None = None) -> RelaxState:
     """The state before the first evaluation (host side, no compilation).
 
     Args:
@@ -273,6 +274,7 @@ def initial_state(system: System, neighbors: nb.Neighbors,
       neighbors: a list allocated for it.
       fire: the FIRE constants.
     """
+    fire = fire or FireConfig()
     dtype = system.positions.dtype
     n = system.positions.shape[0]
     zeros = jnp.zeros((n + 3, 3), dtype)
@@ -306,7 +308,7 @@ def relax(
     mask=None,
     hydrostatic: bool = False,
     max_steps: int = 1000,
-    fire: FireConfig = FireConfig(),
+    fire: FireConfig | None = None,
     skin: float = 0.5,
     check_every: int = 100,
 ) -> tuple[System, dict]:
@@ -329,7 +331,7 @@ def relax(
         starting value.
       hydrostatic: only isotropic deformations (ASE's ``hydrostatic_strain``).
       max_steps: largest number of FIRE steps.
-      fire: FIRE constants (:class:`FireConfig`, ASE's defaults).
+      fire: FIRE constants (:class:`FireConfig`; default ASE's).
       skin: Verlet skin of the list, Å (head-room for the cell and the atoms moving between
         reallocations; the list itself is rebuilt every step).
       check_every: FIRE steps per jitted segment between host checks.
@@ -344,6 +346,7 @@ def relax(
         positions, or a non-periodic structure with ``cell=True``.
       NeighborListError: the list keeps overflowing at the same step.
     """
+    fire = fire or FireConfig()
     opts = _check_relax_inputs(potential, params, system, cell=cell, fmax=fmax,
                                pressure_gpa=pressure_gpa, stress_gpa=stress_gpa, mask=mask,
                                max_steps=max_steps, check_every=check_every)

@@ -35,10 +35,18 @@ import numpy as np
 
 from jaxpot import neighbors as nb
 from jaxpot import units
-from jaxpot.md import relax as _relax
 from jaxpot.md.blocks import NeighborListError
 from jaxpot.md.forces import ForceOutput, ForceProvider
 from jaxpot.md.integrators import Integrator, kinetic_energy
+from jaxpot.md.relax import (
+    FireConfig,
+    _check_relax_inputs,
+    _max_force,
+    _program,
+    _stripped,
+    current_system,
+    initial_state,
+)
 from jaxpot.md.run import _integrator
 from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
 from jaxpot.system import System, stack, unstack
@@ -73,7 +81,7 @@ def allocate_replicas(systems: Sequence[System], cutoff: float, *, skin: float =
     lists = [nb.allocate(s, cutoff, min_capacity=min_capacity, **kw) for s in systems]
     m = max(li.spec.max_neighbors for li in lists)
     lists = [li if li.spec.max_neighbors == m else nb.allocate(s, cutoff, min_capacity=m, **kw)
-             for li, s in zip(lists, systems)]
+             for li, s in zip(lists, systems, strict=True)]
     shifts = sorted(set().union(*(li.spec.shifts for li in lists)))
     if not all(np.asarray(systems[0].pbc, bool)):
         boxes = {li.spec.box for li in lists}
@@ -322,7 +330,8 @@ def _result(obs, states, kelvin, done, programs, n_realloc, wall, steps) -> Repl
     mask = np.asarray(states.system.atom_mask, bool)  # [R, n]
     dof = np.maximum(3 * mask.sum(axis=1) - 3, 1)
     ke, pe = cat["ke"].astype(np.float64), cat["pe"].astype(np.float64)
-    log = {"step": done, "potential_energy_ev": pe, "kinetic_energy_ev": ke, "total_energy_ev": pe + ke,
+    log = {"step": done, "potential_energy_ev": pe, "kinetic_energy_ev": ke,
+           "total_energy_ev": pe + ke,
            "temperature_k": 2.0 * ke / (dof * units.kB),
            "target_temperature_k": np.broadcast_to(kelvin, pe.shape)}
     finals = [states.neighbors.attach(s) for s in unstack(states.system)]
@@ -364,7 +373,7 @@ def relax_replicas(
     mask=None,
     hydrostatic: bool = False,
     max_steps: int = 1000,
-    fire: _relax.FireConfig = _relax.FireConfig(),
+    fire: FireConfig | None = None,
     skin: float = 0.5,
     check_every: int = 100,
     n_atoms: int | None = None,
@@ -393,31 +402,34 @@ def relax_replicas(
       NeighborListError: the lists keep overflowing at the same step.
     """
     n_rep = len(systems)
+    fire = fire or FireConfig()
     if n_rep < 1:
         raise ValueError("relax_replicas: give at least one system")
     press = np.broadcast_to(np.asarray(pressures_gpa, np.float64), (n_rep,))
     padded = unstack(stack(list(systems), n_atoms=n_atoms))
-    opts = [_relax._check_relax_inputs(
+    opts = [_check_relax_inputs(
         potential, params, s, cell=cell, fmax=fmax, pressure_gpa=float(p), stress_gpa=None,
-        mask=mask, max_steps=max_steps, check_every=check_every) for s, p in zip(padded, press)]
+        mask=mask, max_steps=max_steps, check_every=check_every)
+        for s, p in zip(padded, press, strict=True)]
     opts = jax.tree.map(lambda *xs: jnp.stack(xs), *opts)
-    refs = jax.tree.map(lambda *xs: jnp.stack(xs), *[_relax._stripped(s) for s in padded])
+    refs = jax.tree.map(lambda *xs: jnp.stack(xs), *[_stripped(s) for s in padded])
     lists = allocate_replicas(padded, potential.cutoff, skin=skin)
-    states = [_relax.initial_state(s, jax.tree.map(lambda a, r=r: a[r], lists), fire)
+    states = [initial_state(s, jax.tree.map(lambda a, r=r: a[r], lists), fire)
               for r, s in enumerate(padded)]
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    segment = _relax._program(potential, bool(hydrostatic) and cell, fire, batched=True)
+    segment = _program(potential, bool(hydrostatic) and cell, fire, batched=True)
     states, n_realloc = _drive_replicas(segment, params, refs, opts, states, potential, skin,
                                         fmax=fmax, max_steps=max_steps, check_every=check_every)
     out = []
     for r in range(n_rep):
         st = jax.tree.map(lambda a, r=r: a[r], states)
         ref = jax.tree.map(lambda a, r=r: a[r], refs)
-        final = _relax.current_system(ref, st, opts["mask"][r])
+        final = current_system(ref, st, opts["mask"][r])
         volume = float(np.abs(np.linalg.det(np.asarray(final.cell))))
-        f_max = float(_relax._max_force(st))
+        f_max = float(_max_force(st))
         energy = float(st.energy)
-        out.append((final, {"energy": energy, "enthalpy": energy + press[r] * units.GPa * volume,
+        enthalpy = energy + press[r] * units.GPa * volume
+        out.append((final, {"energy": energy, "enthalpy": enthalpy,
                             "stress": np.asarray(st.stress), "fmax": f_max,
                             "steps": int(st.steps), "converged": f_max < fmax,
                             "n_reallocations": n_realloc}))
@@ -431,7 +443,7 @@ def _drive_replicas(segment, params, refs, opts, states, potential, skin, *, fma
     n_realloc, tries = 0, 0
     dtype = states.energy.dtype
     while True:
-        fm = np.asarray(jax.vmap(_relax._max_force)(states))
+        fm = np.asarray(jax.vmap(_max_force)(states))
         steps = np.asarray(states.steps)
         going = ~np.asarray(states.evaluated) | ((fm >= fmax) & (steps < max_steps))
         if not going.any():
@@ -446,7 +458,7 @@ def _drive_replicas(segment, params, refs, opts, states, potential, skin, *, fma
             raise NeighborListError("relax_replicas: the neighbour lists still overflow after "
                                     "8 reallocations (atoms or a cell collapsing?)")
         n_realloc += 1
-        here = [_relax.current_system(jax.tree.map(lambda a, r=r: a[r], refs),
+        here = [current_system(jax.tree.map(lambda a, r=r: a[r], refs),
                                       jax.tree.map(lambda a, r=r: a[r], states), opts["mask"][r])
                 for r in range(steps.shape[0])]
         m = int(states.neighbors.spec.max_neighbors)
