@@ -17,8 +17,12 @@ rebuilt from its config (its ``config`` records the inner model and the CV's nam
 
 :func:`umbrella_sampling` runs one Langevin simulation per window, recording the CV as an
 observer inside the fused loop, and returns the samples for :mod:`jaxpot.analysis.wham`. The
-windows run one after another with ``md.simulate`` (each window reuses the same compiled block,
-since only the parameters change); a batched replica driver can take this over unchanged.
+windows run one after another with ``md.simulate``. Every window traces the same program (only
+the parameters differ), so with JAX's persistent compilation cache on
+(``JAX_COMPILATION_CACHE_DIR``) only the first window compiles; without it each window compiles
+again. ``md.simulate_replicas`` (one vmapped loop for many replicas) shares one set of
+parameters among its replicas and takes no observers, so it cannot yet hold windows with
+different centres; the CV would also have to be recomputed from its saved positions.
 """
 
 from __future__ import annotations
