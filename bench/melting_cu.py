@@ -38,10 +38,13 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     npt = dict(pressure_gpa=0.0, cell_dof="aniso") if ensemble == "npt" else {}
     co = melting.coexistence(potential, params, cell, temps, steps=steps, ensemble=ensemble,
                              dt_fs=dt_fs, log_every=max(10, steps // 40), seed=seed, **npt)
-    heat = melting.heating_curve(potential, params, crystal, t_start=800.0,
-                                 t_end=2.0 * max(temps), steps=heat_steps,
-                                 threshold=cell.threshold, ensemble=ensemble, dt_fs=dt_fs,
-                                 log_every=max(10, heat_steps // 60), seed=seed, **npt)
+    if not heat_steps:
+        heat = melting.HeatingCurve(np.zeros(0), np.zeros(0), np.zeros(0), float("nan"), 0.0)
+    else:
+        heat = melting.heating_curve(
+            potential, params, crystal, t_start=800.0, t_end=2.0 * max(temps),
+            steps=heat_steps, threshold=cell.threshold, ensemble=ensemble, dt_fs=dt_fs,
+            log_every=max(10, heat_steps // 60), seed=seed, **npt)
     return {"n_atoms": int(crystal.n_atoms), "threshold": cell.threshold,
             "temperatures": co.temperatures.tolist(), "times_ps": co.times_ps.tolist(),
             "fractions": co.fractions.tolist(), "rates_per_ps": co.rates.tolist(),

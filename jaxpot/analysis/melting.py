@@ -6,9 +6,8 @@ The coexistence protocol (Morris et al., PRB 49, 3109 (1994), in its interface-v
    lattice sites by a stiff harmonic restraint while the other half melts at a high
    temperature, then the whole cell is brought to a temperature near the expected melting point
    (restraint still on). Atoms are labelled solid or liquid by the neighbour-averaged Steinhardt
-   Q̄6 (:mod:`jaxpot.analysis.order`); the threshold is the value that best separates the
-   tethered half from the molten one at that point
-   (:func:`~jaxpot.analysis.order.separating_threshold`).
+   Q̄6 (:mod:`jaxpot.analysis.order`); the threshold is the midpoint between the median Q̄6
+   of the tethered half and that of the molten half at that point.
 2. :func:`coexistence`: from that cell (restraint off) one run per temperature, in the NPT
    ensemble by default (``ensemble="npt"``; ``"langevin"`` runs at the fixed volume of the cell
    instead), with the solid fraction computed inside the jitted loop at every log point
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpot import md
-from jaxpot.analysis.order import separating_threshold, steinhardt_q
+from jaxpot.analysis.order import steinhardt_q
 from jaxpot.potential import Potential, sum_potentials
 from jaxpot.system import System
 
@@ -141,7 +140,15 @@ def half_melted_cell(potential: Potential, params, system: System, *,
     final = cool.final_system  # edges reach the potential's cutoff (≥ q_cutoff)
     q = np.asarray(steinhardt_q(final, cutoff=q_cutoff))
     real = np.asarray(final.atom_mask, bool)
-    threshold = separating_threshold(q[solid & real], q[~solid & real])
+    # Midpoint of the two halves' medians: robust to the liquid atoms that recrystallise on
+    # the tethered crystal during the ramp (a fewest-misclassified cut would move up to exclude
+    # them and then count a free crystal at T as liquid).
+    q_solid, q_liquid = q[solid & real], q[~solid & real]
+    if np.median(q_liquid) >= np.median(q_solid):
+        raise ValueError(f"half_melted_cell: the free half did not melt (median Q6 "
+                         f"{np.median(q_liquid):.3f} vs {np.median(q_solid):.3f} tethered); "
+                         f"raise melt_temperature_kelvin or melt_steps")
+    threshold = 0.5 * float(np.median(q_solid) + np.median(q_liquid))
     return HalfMeltedCell(final, np.asarray(cool.final_state.momenta), solid, threshold, q,
                           time.perf_counter() - t0)
 
