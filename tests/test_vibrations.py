@@ -178,3 +178,34 @@ def test_properties_cli_morse_dimer_is_analytic_and_bad_input_exits_2(tmp_path, 
     assert cli.main([*args, "--what", "elastic"]) == 2  # not for a molecule
     assert cli.main([*args, "-o", str(tmp_path / "co.xyz")]) == 2  # would overwrite the input
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # compiling NequIP's Hessian and the calculator costs ~30 s of one core
+def test_nequip_model_frequencies_match_ase_vibrations_on_its_calculator(tmp_path):
+    """A NequIP model (random parameters: the Hessian path is the same as for a trained one)
+    through ``jaxpot.ase.Calculator`` for ASE; at an unrelaxed geometry only translations are
+    exact zero modes, so both sides keep the rotations (``rotations=False``)."""
+    import jax
+    from ase.build import molecule
+
+    from jaxpot import models
+    from jaxpot.ase import Calculator
+
+    pot = models.nequip(species=["H", "C", "O"], cutoff=4.0, features="4x0e+4x1o", l_max=1,
+                        num_bessel=4, radial_hidden=[8], avg_num_neighbors=8.0,
+                        readout_hidden=4, num_layers=1)
+    atoms = molecule("H2CO")
+    atoms.rattle(0.05, seed=1)
+    system = System.from_ase(atoms, cutoff=pot.cutoff)
+    params = pot.init(jax.random.key(0), system)
+    atoms.calc = Calculator(pot, params)
+    ref = _ase_frequencies(atoms, tmp_path, "nequip")
+    out = vib.vibrations(pot, params, system, rotations=False)
+    assert int(out.n_modes) == 3 * 4 - 3
+    n = int(out.n_modes)
+    f = np.sort(np.asarray(out.frequencies)[:n])
+    ref = np.sort(ref)
+    ref = np.delete(ref, np.argsort(np.abs(ref))[:3])  # ASE's three translations (≈ 0)
+    big = np.abs(ref) > 100
+    assert big.sum() >= 3
+    np.testing.assert_allclose(f[big], ref[big], atol=0.5)
