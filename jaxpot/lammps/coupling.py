@@ -40,6 +40,7 @@ Example (``mpirun -np 2 python run.py``)::
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import jax
@@ -70,6 +71,29 @@ def message_passing_layers(potential: Potential) -> int:
 
     walk(potential.config)
     return max(found, default=1)
+
+
+SINGLE_SHELL = frozenset({"lennard_jones", "morse", "bpnn", "gap", "with_element_refs", "sum"})
+"""Families whose per-atom energy of atom i depends on i's own edges only (not on the
+neighbours' environments)."""
+
+
+def single_shell(potential: Potential) -> bool:
+    """True when every family in the model's config is in :data:`SINGLE_SHELL`."""
+    names: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("name"), str):
+                names.append(node["name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(potential.config)
+    return bool(names) and set(names) <= SINGLE_SHELL
 
 
 def ghost_shell(potential: Potential, skin: float) -> float:
@@ -142,11 +166,21 @@ class JaxpotFix:
         check_species(potential, self.type_to_z[1:], where="type_to_z")
         self.dtype = jnp.dtype(dtype or jnp.zeros(()).dtype)
         self.comm = lmp.get_mpi_comm() if lmp.extract_setting("world_size") > 1 else None
+        if not potential.local:
+            raise ValueError(f"potential {potential.config.get('name')!r} is not local (it "
+                             "has long-range terms); the LAMMPS coupling splits space into "
+                             "subdomains and needs a model of finite range")
         self._fn = _owned_energy_fn(potential)
+        self._single_shell = single_shell(potential)
+        self._edge_cache = None
+        self.n_edge_builds = 0
         self._owners = None  # (owned tags of every rank) cached per reneighbouring
         self.n_compiles = 0
         self._shapes: set = set()
         self.last = {}
+        self.timings = {"calls": 0, "host_s": 0.0, "model_s": 0.0, "comm_s": 0.0}
+        """Seconds spent per part over all calls: gathering atoms and building edges on the
+        host, evaluating the model (device), returning ghost forces and summing over ranks."""
 
     def install(self) -> None:
         """Create the fix (every rank must call this, after the atoms exist)."""
@@ -169,9 +203,26 @@ class JaxpotFix:
         tags = np.array(self.lmp.numpy.extract_atom("id", nelem=n), np.int64)
         return x, self.type_to_z[types], tags
 
-    def _system(self, x, z):
+    def _edges(self, x, tags, nlocal: int):
+        """Edges within cutoff + skin, rebuilt only when the atom list changed (LAMMPS
+        reneighboured) or some atom moved more than half the skin since they were built."""
+        cache = self._edge_cache
+        if (cache is not None and cache["nlocal"] == nlocal and len(cache["x"]) == len(x)
+                and np.array_equal(cache["tags"], tags)
+                and np.max(np.sum((x - cache["x"]) ** 2, axis=1), initial=0.0)
+                < (0.5 * self.skin) ** 2):
+            return cache["receivers"], cache["senders"]
         receivers, senders, _ = neighbor_list(x, np.zeros((3, 3)), np.zeros(3, bool),
-                                              float(self.potential.cutoff))
+                                              float(self.potential.cutoff) + self.skin)
+        if self._single_shell:  # only the owned atoms' own edges enter their energies
+            keep = receivers < nlocal
+            receivers, senders = receivers[keep], senders[keep]
+        self._edge_cache = {"x": x.copy(), "tags": tags.copy(), "nlocal": nlocal,
+                            "receivers": receivers, "senders": senders}
+        self.n_edge_builds += 1
+        return receivers, senders
+
+    def _system(self, x, z, receivers, senders):
         n, e = len(x), len(senders)
         n_pad, e_pad = _bucket(n + 1), _bucket(e + 1)
         if (n_pad, e_pad) not in self._shapes:
@@ -221,18 +272,27 @@ class JaxpotFix:
         return self._owners[1]
 
     def _callback(self, caller, ntimestep, nlocal, tag, x_local, f_ext) -> None:
+        t0 = time.perf_counter()
         x, z, tags = self._atoms(int(nlocal))
-        system, n_pad = self._system(x, z)
+        receivers, senders = self._edges(x, tags, int(nlocal))
+        system, n_pad = self._system(x, z, receivers, senders)
         owned = np.arange(n_pad) < nlocal
+        t1 = time.perf_counter()
         e, grad, virial = self._fn(self.params, system, owned)
         f_all = -np.asarray(grad, np.float64)[: len(x)]
-        forces = self._ghost_forces_home(tags, int(nlocal), f_all)
-        f_ext[:] = forces
         e = float(e)
         v = np.asarray(virial, np.float64)
+        t2 = time.perf_counter()
+        forces = self._ghost_forces_home(tags, int(nlocal), f_all)
+        f_ext[:] = forces
         if self.comm is not None:
             e = self.comm.allreduce(e)
             v = self.comm.allreduce(v)
+        t3 = time.perf_counter()
+        self.timings["calls"] += 1
+        self.timings["host_s"] += t1 - t0
+        self.timings["model_s"] += t2 - t1
+        self.timings["comm_s"] += t3 - t2
         self.lmp.fix_external_set_energy_global(self.fix_id, e)
         self.lmp.fix_external_set_virial_global(
             self.fix_id, [v[0, 0], v[1, 1], v[2, 2], v[0, 1], v[0, 2], v[1, 2]])
