@@ -219,9 +219,6 @@ def _check_npt_cli(args) -> None:
         raise ValueError(f"--thermalize-ps must be a time >= 0 ps, got {args.thermalize_ps}")
     if not math.isfinite(args.pressure_gpa):
         raise ValueError(f"--pressure-gpa must be finite, got {args.pressure_gpa}")
-    if args.barostat == "mtk":
-        raise ValueError("--barostat mtk (Martyna-Tobias-Klein) is not implemented yet; use "
-                         "--barostat c-rescale")
     if args.restart_from is not None and not os.path.isfile(args.restart_from):
         raise ValueError(f"--restart-from: no such file {args.restart_from!r}")
 
@@ -476,7 +473,8 @@ def _add_npt_options(p) -> None:
     g.add_argument("--pressure-gpa", type=float, default=0.0, metavar="P",
                    help="NPT target pressure, GPa (default 0)")
     g.add_argument("--barostat", choices=("c-rescale", "mtk"), default="c-rescale",
-                   help="stochastic cell rescaling (default); mtk is not implemented yet")
+                   help="stochastic cell rescaling with Langevin (default) or isotropic "
+                        "Martyna-Tobias-Klein with Nose-Hoover chains (--tau, --tau-p)")
     g.add_argument("--cell-dof", choices=("iso", "aniso", "full"), default="iso",
                    help="which cell shape changes the barostat may make (default iso)")
     g.add_argument("--cell-mask", default="1,1,1", metavar="X,Y,Z",

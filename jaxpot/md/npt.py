@@ -61,7 +61,7 @@ from jaxpot.potential import Potential
 __all__ = ["NPTState", "CELL_DOF", "BAROSTATS", "c_rescale", "cell_mask", "pressure_tensor"]
 
 CELL_DOF = ("iso", "aniso", "full")
-BAROSTATS = ("c-rescale",)
+BAROSTATS = ("c-rescale", "mtk")
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -200,11 +200,12 @@ def check_npt_options(system, *, pressure_gpa, barostat, cell_dof, mask, tau_p_f
         raise ValueError(f"simulate: NPT needs a fully periodic cell (pbc={pbc}); put a "
                          "slab's vacuum inside the cell and fix that direction with cell_mask")
     if barostat not in BAROSTATS:
-        hint = (" (MTK with Nosé–Hoover chains is not implemented yet)"
-                if barostat == "mtk" else "")
-        raise ValueError(f"simulate: barostat must be one of {BAROSTATS}, got {barostat!r}"
-                         f"{hint}")
+        raise ValueError(f"simulate: barostat must be one of {BAROSTATS}, got {barostat!r}")
     cell_mask(cell_dof, mask)
+    if barostat == "mtk" and (cell_dof != "iso" or not all(bool(m) for m in mask)):
+        raise ValueError(f"simulate: the MTK barostat is isotropic only here (cell_dof "
+                         f"{cell_dof!r}, mask {tuple(mask)}); use barostat='c-rescale' for "
+                         "anisotropic, full-cell or masked NPT")
     for name, v in (("pressure_gpa", pressure_gpa),):
         if not np.isfinite(float(v)):
             raise ValueError(f"simulate: {name} must be finite, got {v!r}")

@@ -40,8 +40,12 @@ def save_state(path: str | os.PathLike, state, *, ensemble: str, step: int) -> N
                   step=np.asarray(int(step)))
     if hasattr(state, "key"):
         arrays["key"] = np.asarray(jax.random.key_data(state.key))
-    if hasattr(state, "chain"):
-        arrays.update({f"chain_{k}": np.asarray(getattr(state.chain, k)) for k in _CHAIN})
+    for name in ("chain", "baro_chain"):
+        if hasattr(state, name):
+            arrays.update({f"{name}_{k}": np.asarray(getattr(getattr(state, name), k))
+                           for k in _CHAIN})
+    if hasattr(state, "box_momentum"):
+        arrays["box_momentum"] = np.asarray(state.box_momentum)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -87,7 +91,11 @@ def apply_restart(state, data: dict):
     """The freshly initialised ``state`` with the file's noise key and thermostat chain."""
     if "key" in data and hasattr(state, "key"):
         state = state.replace(key=jax.random.wrap_key_data(jnp.asarray(data["key"])))
-    if hasattr(state, "chain") and "chain_position" in data:
-        chain = state.chain.set(**{k: jnp.asarray(data[f"chain_{k}"]) for k in _CHAIN})
-        state = state.replace(chain=chain)
+    for name in ("chain", "baro_chain"):
+        if hasattr(state, name) and f"{name}_position" in data:
+            chain = getattr(state, name).set(
+                **{k: jnp.asarray(data[f"{name}_{k}"]) for k in _CHAIN})
+            state = state.replace(**{name: chain})
+    if hasattr(state, "box_momentum") and "box_momentum" in data:
+        state = state.replace(box_momentum=jnp.asarray(data["box_momentum"]))
     return state

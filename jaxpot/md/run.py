@@ -40,6 +40,7 @@ from jaxpot.md.integrators import (
     nose_hoover,
     nve,
 )
+from jaxpot.md.mtk import mtk, mtk_conserved
 from jaxpot.md.npt import c_rescale, check_npt_options
 from jaxpot.md.restart import apply_restart, load_state, restart_system
 from jaxpot.md.trajectory import Trajectory, write_trajectory
@@ -120,6 +121,8 @@ class MDResult:
 
 
 def _integrator(ensemble, force, dt, kT, friction, tau, npt=None) -> Integrator:
+    if ensemble == "npt" and npt["barostat"] == "mtk":
+        return mtk(force, None, dt, kT, npt["pressure"], tau, npt["tau_p"])
     if ensemble == "npt":
         return c_rescale(force, None, dt, kT, friction, npt["pressure"], npt["tau_p"],
                          compressibility=npt["compressibility"], cell_dof=npt["cell_dof"],
@@ -244,6 +247,8 @@ def _observe(cfg: _Config, force, s) -> dict:
     sysm = s.system
     obs = {"pe": s.energy, "ke": kinetic_energy(s.momenta, sysm.masses, sysm.atom_mask),
            "virial_p": -jnp.trace(s.stress) / 3.0, "cell_now": sysm.cell}
+    if hasattr(s, "box_momentum"):  # MTK: the extended-system energy
+        obs["conserved"] = mtk_conserved(s, dict(cfg.npt)["tau_p"])
     if cfg.want_frames:
         obs.update(positions=sysm.positions, momenta=s.momenta, cell=sysm.cell)
     if cfg.observe is not None:
@@ -332,6 +337,8 @@ class _Log:
                                     + 2.0 * ke / (3.0 * volume)) / units.GPa
             if self.npt:
                 rows.update(_cell_columns(cells, volume, self.total_mass))
+        if "conserved" in obs:
+            rows["conserved_ev"] = np.asarray(obs["conserved"], np.float64)
         rows.update({k: np.asarray(v) for k, v in obs.get("user", {}).items()})
         for k, v in rows.items():
             self.cols.setdefault(k, []).append(v)
@@ -462,7 +469,8 @@ def _npt_options(system, **kw) -> tuple:
     return (("pressure", float(kw["pressure_gpa"]) * units.GPa),
             ("tau_p", float(kw["tau_p_fs"]) * units.fs),
             ("compressibility", float(kw["compressibility_per_gpa"]) / units.GPa),
-            ("cell_dof", kw["cell_dof"]), ("mask", tuple(bool(m) for m in kw["mask"])))
+            ("cell_dof", kw["cell_dof"]), ("mask", tuple(bool(m) for m in kw["mask"])),
+            ("barostat", kw["barostat"]))
 
 
 def _thermalize(potential, params, system, ps, dt_fs, seed, kelvin, friction_per_fs, skin):
@@ -526,7 +534,7 @@ def simulate(
       ensemble: ``"nve"`` (velocity Verlet), ``"langevin"`` (BAOAB), ``"nose-hoover"``
         (Nosé–Hoover chain of length 3) or ``"npt"`` (stochastic cell rescaling + BAOAB
         Langevin, :mod:`jaxpot.md.npt`; the log gains ``volume_a3``, ``cell_a``, ``cell_b``,
-        ``cell_c``, ``density_g_cm3``).
+        ``cell_c``, ``density_g_cm3``; with ``barostat="mtk"`` also ``conserved_ev``).
       dt_fs: time step, fs.
       temperature_kelvin: bath temperature, K: a number, a ``(start, end)`` pair for a linear
         ramp over the run, or a callable ``step -> K`` (called on the host with an integer
@@ -560,7 +568,9 @@ def simulate(
       max_energy_error_per_atom: NVE blow-up threshold on ``|E_tot(t) − E_tot(0)| / N``, eV;
         default ``max(0.005, 0.75 kT)`` (see :mod:`jaxpot.md.checks`); ``inf`` disables it.
       pressure_gpa: NPT target pressure, GPa.
-      barostat: NPT barostat: ``"c-rescale"`` (stochastic cell rescaling).
+      barostat: NPT barostat: ``"c-rescale"`` (stochastic cell rescaling, with Langevin) or
+        ``"mtk"`` (isotropic Martyna–Tobias–Klein with Nosé–Hoover chains, periods ``tau_fs``
+        and ``tau_p_fs``; :mod:`jaxpot.md.mtk`).
       cell_dof: NPT cell freedom: ``"iso"``, ``"aniso"`` or ``"full"``.
       cell_mask: three booleans, the lattice directions the barostat may move (e.g.
         ``(True, True, False)`` keeps a slab's vacuum along z).
