@@ -46,7 +46,8 @@ def main(repeat: int = 2, fmax: float = 1e-4) -> dict:
     relax(pot, pot.init(None, None), system, fmax=fmax, max_steps=5000)
     t_first = time.perf_counter() - t0  # compile + run
     t0 = time.perf_counter()
-    out, info = relax(pot, pot.init(None, None), system, fmax=fmax, max_steps=5000)  # cached program
+    out, info = relax(pot, pot.init(None, None), system, fmax=fmax,
+                      max_steps=5000)  # the cached program
     t_jax = time.perf_counter() - t0
     n = len(atoms)
     row = {"atoms": n, "steps_ase": opt.nsteps, "steps_jaxpot": info["steps"],
