@@ -68,7 +68,7 @@ def msd_plot(res) -> None:
     ax.plot(t / 1000, m, lw=2, label="MSD")
     fit = (t >= d.fit[0]) & (t <= d.fit[1])
     ax.plot(t[fit] / 1000, 6 * d.D * t[fit] + d.intercept, "k--",
-            label=f"D = {d.D * 10:.2f} ± {d.error * 10:.2f} ×10⁻⁵ cm²/s (Rahman: 2.43)")
+            label=f"D = {d.D * 1e4:.2f} ± {d.error * 1e4:.2f} ×10⁻⁵ cm²/s (Rahman: 2.43)")
     ax.set(xlabel="t (ps)", ylabel="MSD (Å²)", xlim=(0, t[len(t) // 2] / 1000),
            ylim=(0, m[len(t) // 2] * 1.1))
     ax.legend(frameon=False, fontsize=8)
