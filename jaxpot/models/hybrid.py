@@ -57,6 +57,7 @@ __all__ = ["hybrid", "CHARGE_MODES", "hybrid_charges"]
 CHARGE_MODES = ("fixed", "predicted", "qeq")
 LONG = "long_range"
 _PREPARE_MAX = 200  # structures used to fit the per-element Coulomb offsets
+QEQ_WIDTH = 0.7  # Å, default Gaussian width for QEq (erfc(cutoff/γ) ~ 4e-7 at 5 Å)
 
 
 def _sub_config(config, data: dict, what: str) -> dict:
@@ -121,110 +122,33 @@ def _widths_table(widths, species, default: float | None) -> np.ndarray | None:
     return table
 
 
-COULOMB_CONSTANT = 14.399645  # e²/(4πε₀) in eV·Å (as LAMMPS' qqr2e for metal units)
+DEFAULT_COULOMB = {"method": "ewald", "accuracy": 1e-6, "max_lengths": (16.0, 16.0, 32.0)}
+"""Electrostatics options of a hybrid unless ``coulomb_options`` overrides them (the real-space
+cutoff defaults to the short-range model's, so no longer edges are needed)."""
 
 
-def _direct_coulomb(widths: np.ndarray | None) -> _qeq.CoulombFn:
-    """Direct pair sum of point or Gaussian charges for non-periodic structures (all pairs)."""
+def _coulomb_fn(options: dict, widths: np.ndarray | None, cutoff: float) -> _qeq.CoulombFn:
+    """``(system, charges) -> eV`` from :func:`jaxpot.potentials.coulomb.charge_energy_fn`:
+    a lattice sum for periodic structures, the direct sum otherwise (decided per structure
+    from ``pbc`` unless ``periodic`` is set)."""
+    from jaxpot.potentials import coulomb
 
-    def fn(system, charges):
-        mask = system.atom_mask
-        n = mask.shape[0]
-        x = system.positions
-        pair = mask[:, None] & mask[None, :] & ~jnp.eye(n, dtype=bool)
-        d = x[:, None, :] - x[None, :, :]
-        r = jnp.sqrt(jnp.where(pair, jnp.sum(d * d, -1), 1.0))
-        q = jnp.where(mask, charges, 0.0)
-        kernel = 1.0 / r
-        self_e = 0.0
-        if widths is not None:
-            z = jnp.clip(jnp.where(mask, system.species, 0), 0, 118)
-            s = jnp.asarray(widths, x.dtype)[z]
-            g = jnp.sqrt(2.0 * (s[:, None] ** 2 + s[None, :] ** 2))
-            kernel = jax.scipy.special.erf(r / g) / r
-            self_e = jnp.sum(jnp.where(mask, q * q / (2.0 * jnp.sqrt(jnp.pi) * s), 0.0))
-        pairs = jnp.where(pair, q[:, None] * q[None, :] * kernel, 0.0)
-        return COULOMB_CONSTANT * (0.5 * jnp.sum(pairs) + self_e)
+    opts = {**DEFAULT_COULOMB, "cutoff": float(cutoff), **options}
+    if isinstance(opts.get("max_lengths"), list):
+        opts["max_lengths"] = tuple(opts["max_lengths"])
+    try:
+        settings = coulomb.coulomb_settings(**opts)
+    except TypeError as err:
+        raise ValueError(f"hybrid: bad coulomb_options {options!r}: {err}") from None
+    if widths is None:
+        return coulomb.charge_energy_fn(settings)
+    table = np.asarray(widths, np.float64)
 
-    return fn
+    def per_atom(system):
+        z = jnp.clip(jnp.where(system.atom_mask, system.species, 0), 0, 118)
+        return jnp.asarray(table, system.positions.dtype)[z]
 
-
-def _structure_factor_sq(q, frac, kmax, dtype):
-    """``|S(m)|²`` on the integer grid ``|m_d| ≤ kmax[d]`` (``[A, B, C]``), from per-direction
-    phase tables ``exp(2πi m f_d)`` of the fractional coordinates (no trigonometry per k)."""
-    tables = []
-    for d in range(3):
-        m = jnp.arange(-kmax[d], kmax[d] + 1, dtype=dtype)
-        tables.append(jnp.exp(2j * jnp.pi * frac[:, d, None] * m[None, :]))
-    t = (q[:, None, None] * tables[0][:, :, None] * tables[1][:, None, :])
-    s = jnp.einsum("iab,ic->abc", t, tables[2], precision=jax.lax.Precision.HIGHEST)
-    return s.real**2 + s.imag**2
-
-
-def _ewald_coulomb(rcut: float, tol: float, max_lengths) -> _qeq.CoulombFn:
-    """Ewald sum of point charges in a periodic cell (tinfoil boundary).
-
-    Splitting ``α = sqrt(−ln tol)/rcut``; real space over the edges shorter than ``rcut``
-    (each pair seen twice in the full list); reciprocal space over a static integer grid that
-    covers ``|k| < 2α sqrt(−ln tol)`` for cells whose lattice vectors are at most
-    ``max_lengths`` Å long (a longer one gives NaN, never a silently wrong energy). Includes
-    the self term and the neutralising background of a charged cell.
-    """
-    eta = float(np.sqrt(-np.log(tol)))
-    alpha = eta / float(rcut)
-    kcut = 2.0 * alpha * eta
-    kmax = [int(np.ceil(kcut * float(x) / (2 * np.pi))) for x in max_lengths]
-    grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in kmax], indexing="ij"), -1)
-
-    def fn(system, charges):
-        dtype = system.positions.dtype
-        hi = jax.lax.Precision.HIGHEST
-        q = jnp.where(system.atom_mask, charges, 0.0)
-        vec = system.edge_vectors()
-        r2 = jnp.sum(vec * vec, -1)
-        inside = system.edge_mask & (r2 < rcut * rcut)
-        r = jnp.sqrt(jnp.where(inside, r2, 1.0))
-        last = q.shape[0] - 1
-        qq = q[jnp.minimum(system.senders, last)] * q[jnp.minimum(system.receivers, last)]
-        real = 0.5 * jnp.sum(jnp.where(inside, qq * jax.scipy.special.erfc(alpha * r) / r, 0.0))
-        flat = jnp.abs(jnp.linalg.det(system.cell)) < 1e-6  # an empty padding frame's cell
-        cell = jnp.where(flat, jnp.eye(3, dtype=dtype) * 100.0, system.cell)
-        volume = jnp.abs(jnp.linalg.det(cell))
-        inv = jnp.linalg.inv(cell)
-        k = jnp.matmul(jnp.asarray(grid, dtype), 2.0 * jnp.pi * inv.T, precision=hi)
-        k2 = jnp.sum(k * k, -1)
-        use = (k2 < kcut * kcut) & (k2 > 0)
-        safe = jnp.where(use, k2, 1.0)
-        weight = jnp.where(use, jnp.exp(-safe / (4 * alpha * alpha)) / safe, 0.0)
-        frac = jnp.matmul(system.positions, inv, precision=hi)
-        s2 = _structure_factor_sq(q, frac, kmax, dtype)
-        reciprocal = 2.0 * jnp.pi / volume * jnp.sum(weight * s2)
-        self_e = -alpha / jnp.sqrt(jnp.pi) * jnp.sum(q * q)
-        background = -jnp.pi / (2 * volume * alpha**2) * jnp.sum(q) ** 2
-        lengths = jnp.linalg.norm(cell, axis=1)
-        ok = flat | jnp.all(lengths <= jnp.asarray(max_lengths, dtype) * (1 + 1e-9))
-        e = COULOMB_CONSTANT * (real + reciprocal + self_e + background)
-        return jnp.where(ok, e, jnp.nan)
-
-    fn.cutoff = float(rcut)
-    return fn
-
-
-def _coulomb_fn(options: dict, widths: np.ndarray | None) -> _qeq.CoulombFn:
-    """``(system, charges) -> eV``: an Ewald sum for periodic cells, else a direct sum."""
-    known = {"rcut", "tol", "max_lengths", "periodic"}
-    unknown = set(options) - known
-    if unknown:
-        raise ValueError(f"hybrid: unknown coulomb_options {sorted(unknown)}; known: "
-                         f"{sorted(known)}")
-    if not options.get("periodic", True):
-        return _direct_coulomb(widths)
-    if widths is not None:
-        raise ValueError("hybrid: Gaussian charge widths need the non-periodic direct sum "
-                         "(coulomb_options={'periodic': False}) until jaxpot.potentials.coulomb "
-                         "provides a periodic sum of Gaussian charges")
-    return _ewald_coulomb(float(options.get("rcut", 5.0)), float(options.get("tol", 1e-5)),
-                          tuple(options.get("max_lengths", (16.0, 16.0, 32.0))))
+    return coulomb.charge_energy_fn(settings, per_atom)
 
 
 def _species_idx(table, system):
@@ -398,8 +322,8 @@ def _build_parts(short_cfg, charges, charge_values, charge_model, widths, hardne
         if cmodel.atomic is None or "energy" not in cmodel.outputs:
             raise ValueError(f"hybrid: charge_model {cmodel.config['name']!r} has no per-atom "
                              "outputs to read as charges")
-    wtable = _widths_table(widths, species, 1.0 if charges == "qeq" else None)
-    coulomb_fn = _coulomb_fn(dict(coulomb_options or {}), wtable)
+    wtable = _widths_table(widths, species, QEQ_WIDTH if charges == "qeq" else None)
+    coulomb_fn = _coulomb_fn(dict(coulomb_options or {}), wtable, short.cutoff)
     disp = None if dispersion is None else from_config(_sub_config(dispersion, data, "dispersion"))
     parts = _Parts(short, charges, cmodel, species_table(species),
                    None if fixed is None else fixed["table"], wtable, coulomb_fn, disp,
@@ -423,13 +347,15 @@ def hybrid(short="nequip", *, charges: str = "fixed", charge_values: dict | None
       charge_model: the per-atom model read as charges (``"predicted"``) or electronegativities
         (``"qeq"``); default: the same family and options as ``short``.
       widths: Gaussian charge widths σ in Å, one number or ``{element: σ}`` (default: point
-        charges, or 1 Å for ``"qeq"``, where smearing keeps the solve well posed).
+        charges, or 0.7 Å for ``"qeq"``, where smearing keeps the solve well posed).
       hardness: initial per-element QEq hardness J (eV/e²), learned.
       qeq_method: ``"exact"`` (dense solve) or ``"cg"`` (matrix-free).
       total_charge: Q in e, for ``"predicted"`` and ``"qeq"`` (fixed charges sum to what they
         sum to).
-      coulomb_options: keyword options of the electrostatics
-        (:func:`jaxpot.potentials.coulomb.charge_energy_fn`).
+      coulomb_options: keyword options of
+        :func:`jaxpot.potentials.coulomb.coulomb_settings` over :data:`DEFAULT_COULOMB`
+        (Ewald at 1e-6, real-space cutoff = the short-range model's, cells up to
+        16 × 16 × 32 Å; longer ones give NaN: raise ``max_lengths``).
       dispersion: config (or name) of an extra registered potential, e.g. a D3 term.
       species, cutoff, avg_num_neighbors: data options, passed on to the sub-models that
         declare them (training fills them in from the data).
