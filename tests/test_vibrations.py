@@ -108,6 +108,7 @@ def test_batch_equals_single_and_lanczos_equals_dense():
     assert np.all(np.asarray(low["residuals"]) < 1e-8)
 
 
+@pytest.mark.slow  # the molecule case runs by default (test_batch_equals_single_...)
 def test_lanczos_lowest_modes_of_a_crystal():
     from ase.build import bulk
 
