@@ -239,6 +239,7 @@ def test_gaussian_charges_limits():
     assert abs(e_narrow - _energy(atoms, q, per)) < 1e-9
 
 
+@pytest.mark.slow  # six compilations of large k boxes; ~2.5 min on the loaded 2-core machine
 def test_slab_correction_removes_the_image_dipole():
     # a dipolar bilayer (Na plane, Cl plane) in a periodic box with vacuum along z: with the
     # Yeh-Berkowitz term the energy converges to the 2-D-periodic limit as the vacuum grows
