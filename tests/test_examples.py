@@ -86,3 +86,15 @@ def test_melting_cu(tmp_path):
     assert (tmp_path / "solid_fraction.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "summary.json").read_text())["EMT"]["temperatures"] == [800.0,
                                                                                           1900.0]
+
+
+def test_nacl_hybrid():
+    """Tiny run of the NaCl hybrid example: the fixed-charge hybrid's electrostatic part is the
+    Ewald energy of the formal charges; QEq charges are neutral and not all zero."""
+    out = _load("nacl_hybrid").main(repeat=1, seed=0)
+    fixed, qeq = out["fixed"], out["qeq"]
+    assert abs(fixed["ewald"]) > 10.0
+    np.testing.assert_allclose(fixed["electrostatic"], fixed["ewald"], rtol=1e-8)
+    assert sorted(set(fixed["charges"])) == [-1.0, 1.0]
+    assert abs(qeq["total_charge"]) < 1e-10
+    assert max(abs(q) for q in qeq["charges"]) > 1e-4

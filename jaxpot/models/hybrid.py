@@ -324,6 +324,14 @@ def _build_parts(short_cfg, charges, charge_values, charge_model, widths, hardne
                              "outputs to read as charges")
     wtable = _widths_table(widths, species, QEQ_WIDTH if charges == "qeq" else None)
     coulomb_fn = _coulomb_fn(dict(coulomb_options or {}), wtable, short.cutoff)
+    if dispersion == "d3bj":  # the --dispersion choice: D3(BJ) with PBE's damping parameters
+        # cut at the short-range cutoff so no longer edges are needed (shifted to zero there)
+        dispersion = {"name": "d3", "kwargs": {
+            "functional": "pbe", "damping": "bj", "species": list(species),
+            "cutoff": short.cutoff, "cn_cutoff": short.cutoff}}
+    elif dispersion == "fitted":
+        dispersion = {"name": "dispersion", "kwargs": {
+            "c6": {s: 1.0 for s in species}, "species": list(species), "cutoff": short.cutoff}}
     disp = None if dispersion is None else from_config(_sub_config(dispersion, data, "dispersion"))
     parts = _Parts(short, charges, cmodel, species_table(species),
                    None if fixed is None else fixed["table"], wtable, coulomb_fn, disp,
