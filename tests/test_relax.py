@@ -61,6 +61,7 @@ def test_cell_relaxation_matches_ase_fire_frechet():
         assert np.abs(sigma + p * units.GPa * np.eye(3)).max() * mine.get_volume() / n < 2 * fmax
 
 
+@pytest.mark.slow
 def test_single_relax_with_mask_matches_ase():
     atoms = _structures()["hcp"]
     mask = [True, True, False, False, False, True]  # c fixed, in-plane free
@@ -86,6 +87,7 @@ def test_relax_bad_input():
         rx.target_stress(0.0, [[1, 2, 0], [0, 1, 0], [0, 0, 1]])
 
 
+@pytest.mark.slow
 def test_cli_relax_writes_structure_and_summary(tmp_path, capsys):
     import json
 
@@ -108,7 +110,20 @@ def test_cli_relax_writes_structure_and_summary(tmp_path, capsys):
     got = read(out)
     assert np.abs(got.cell.cellpar() - ref.cell.cellpar()).max() < 1e-4
     assert abs(summary["energy_per_atom_ev"] - ref.get_potential_energy() / len(ref)) < 1e-6
-    # bad input: exit code 2 and no output written
-    assert main(["relax", str(model), str(tmp_path / "in.xyz"), "--fmax", "0",
-                 "-o", str(tmp_path / "bad.xyz")]) == 2
+
+
+def test_cli_relax_bad_input_exit_2(tmp_path):
+    from ase.io import write
+
+    from jaxpot.cli import main
+    from jaxpot.serialization import save_model
+
+    model = tmp_path / "lj.model"
+    save_model(model, POT, POT.init(None, None))
+    write(tmp_path / "in.xyz", bulk("Cu", "fcc", a=3.7))
+    for extra in (["--fmax", "0"], ["--pressure-gpa", "1"], ["--steps", "-1"]):
+        assert main(["relax", str(model), str(tmp_path / "in.xyz"), *extra,
+                     "-o", str(tmp_path / "bad.xyz")]) == 2
+    assert main(["relax", str(model), str(tmp_path / "in.xyz"), "-o",
+                 str(tmp_path / "in.xyz")]) == 2  # would overwrite its input
     assert not (tmp_path / "bad.xyz").exists()
