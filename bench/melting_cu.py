@@ -22,7 +22,7 @@ import numpy as np
 
 
 def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_fs, ensemble,
-          a0, seed=0):
+          a0, k=2.0, seed=0):
     """The coexistence study and the heating curve for one potential; a JSON-ready dict."""
     from ase.build import bulk
 
@@ -32,10 +32,17 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     t0 = time.perf_counter()
     crystal = System.from_ase(bulk("Cu", "fcc", a=a0, cubic=True).repeat(reps))
     mid = 0.5 * (min(temps) + max(temps))
+    npt = dict(pressure_gpa=0.0, cell_dof="aniso") if ensemble == "npt" else {}
+    tc = time.perf_counter()
+    check = melting.classifier_check(potential, params, crystal, temperature_kelvin=mid,
+                                     steps=prep_steps, dt_fs=dt_fs, seed=seed + 100,
+                                     ensemble=ensemble, **npt)
+    check_wall = time.perf_counter() - tc
+    print(f"  classifier at {mid:.0f} K: free crystal {check[0]:.3f}, liquid {check[1]:.3f} "
+          f"({check_wall:.0f} s)", flush=True)
     cell = melting.half_melted_cell(potential, params, crystal, melt_temperature_kelvin=2500.0,
                                     temperature_kelvin=mid, melt_steps=prep_steps,
-                                    steps=prep_steps // 2, dt_fs=dt_fs, seed=seed)
-    npt = dict(pressure_gpa=0.0, cell_dof="aniso") if ensemble == "npt" else {}
+                                    steps=prep_steps // 2, dt_fs=dt_fs, k=k, seed=seed)
     co = melting.coexistence(potential, params, cell, temps, steps=steps, ensemble=ensemble,
                              dt_fs=dt_fs, log_every=max(10, steps // 40), seed=seed, **npt)
     if not heat_steps:
@@ -43,9 +50,12 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     else:
         heat = melting.heating_curve(
             potential, params, crystal, t_start=800.0, t_end=2.0 * max(temps),
-            steps=heat_steps, threshold=cell.threshold, ensemble=ensemble, dt_fs=dt_fs,
+            steps=heat_steps, ensemble=ensemble, dt_fs=dt_fs,
             log_every=max(10, heat_steps // 60), seed=seed, **npt)
-    return {"n_atoms": int(crystal.n_atoms), "threshold": cell.threshold,
+    print(f"  rates {np.round(co.rates, 3).tolist()} ± {np.round(co.rate_errors, 3).tolist()} /ps",
+          flush=True)
+    return {"n_atoms": int(crystal.n_atoms), "q6_threshold_unused": cell.threshold,
+            "classifier_check": {"temperature": mid, "crystal": check[0], "liquid": check[1]},
             "temperatures": co.temperatures.tolist(), "times_ps": co.times_ps.tolist(),
             "fractions": co.fractions.tolist(), "rates_per_ps": co.rates.tolist(),
             "rate_errors_per_ps": co.rate_errors.tolist(), "t_melt": co.melting_point,
@@ -53,7 +63,8 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
             "heat_temperatures": heat.temperatures.tolist(),
             "heat_fractions": heat.fractions.tolist(),
             "heat_energy": heat.potential_energy.tolist(),
-            "wall_s": {"prepare": cell.wall_s, "coexistence": co.wall_s, "heating": heat.wall_s,
+            "wall_s": {"check": check_wall,
+                       "prepare": cell.wall_s, "coexistence": co.wall_s, "heating": heat.wall_s,
                        "total": time.perf_counter() - t0}}
 
 
@@ -89,7 +100,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, prep_steps=800,
          heat_steps=2000, dt_fs=4.0, ensemble="npt", model=None, out="bench/results",
-         float64=False):
+         float64=False, skip_emt=False):
     """Run the study for EMT (and ``model`` when given); returns the results dict."""
     import jax
 
@@ -98,7 +109,7 @@ def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, pre
 
     kw = dict(reps=tuple(reps), temps=list(temps), steps=steps, prep_steps=prep_steps,
               heat_steps=heat_steps, dt_fs=dt_fs, ensemble=ensemble, a0=3.61)
-    pots = {"EMT (jaxpot port)": (emt(["Cu"]), None)}
+    pots = {} if skip_emt else {"EMT (jaxpot port)": (emt(["Cu"]), None)}
     if model:
         import jaxpot
 
@@ -131,6 +142,7 @@ if __name__ == "__main__":
     p.add_argument("--ensemble", default="npt")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--skip-emt", action="store_true", help="only the --model study")
     a = p.parse_args()
     main(a.reps, a.temps, a.steps, a.prep_steps, a.heat_steps, a.dt_fs, a.ensemble, a.model,
-         a.out)
+         a.out, skip_emt=a.skip_emt)

@@ -12,10 +12,11 @@
 # A crystal and its melt coexist only at T_m: above it the interfaces advance into the crystal,
 # below it the liquid freezes. We build an elongated fcc copper cell whose upper half is molten
 # (the lower half tethered to its lattice sites while the upper half melts at 2500 K), release
-# it at several temperatures, follow the fraction of crystalline atoms (neighbour-averaged
-# Steinhardt Q̄6 above a threshold calibrated on the two halves), and find where that fraction
-# stands still. The potential is jaxpot's exact JAX port of ASE's EMT (`jaxpot.potentials.emt`);
-# pass `model=` a jaxpot model file trained on EMT copper to measure that model's T_m too.
+# it at several temperatures, follow the fraction of crystalline atoms (an atom is solid when
+# at least 7 of its bonds are "solid-like": the normalised overlap of the two atoms' Steinhardt
+# q6 vectors exceeds 0.7), and find where that fraction stands still.
+# The potential is jaxpot's exact JAX port of ASE's EMT (`jaxpot.potentials.emt`); pass
+# `model=` a jaxpot model file trained on EMT copper to measure that model's T_m too.
 #
 # Run it as a script (`python examples/melting_cu.py`) or open it as a notebook with jupytext.
 # The default sizes take tens of minutes on a CPU; `bench/melting_cu.py` runs the larger study.
@@ -35,28 +36,39 @@ from ase.build import bulk
 
 from jaxpot import System
 from jaxpot.analysis import melting
+from jaxpot.files import atomic_write_text
 from jaxpot.potentials.emt import emt
 
 # %% [markdown]
 # ## One potential: half-melted cell, coexistence runs, heating curve
 #
-# `half_melted_cell` returns the coexisting cell and the Q̄6 threshold; `coexistence` runs it
+# `classifier_check` first runs a free crystal and the liquid at the middle temperature (NPT):
+# their solid fractions must read about 1 and 0. `half_melted_cell` returns the coexisting
+# cell; `coexistence` runs it
 # at each temperature (NPT at 0 GPa, each cell length on its own, so that the liquid and the
 # crystal find their own densities) and fits T_m; `heating_curve` heats a perfect crystal
 # until it collapses (the superheating limit, an upper bound on T_m).
 
 
 # %%
-def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_fs, ensemble):
+def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_fs, ensemble,
+          check_steps):
     crystal = System.from_ase(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(reps))
+    npt = {"pressure_gpa": 0.0, "cell_dof": "aniso"} if ensemble == "npt" else {}
+    check = (float("nan"), float("nan"))
+    if check_steps:  # a free crystal and the liquid at the middle temperature: ~1 and ~0
+        check = melting.classifier_check(potential, params, crystal,
+                                         temperature_kelvin=float(np.mean(temps)),
+                                         steps=check_steps, dt_fs=dt_fs, ensemble=ensemble,
+                                         **npt)
     cell = melting.half_melted_cell(
         potential, params, crystal, melt_temperature_kelvin=2500.0,
         temperature_kelvin=float(np.mean(temps)), melt_steps=prep_steps,
-        steps=max(1, prep_steps // 2), dt_fs=dt_fs)
-    npt = {"pressure_gpa": 0.0, "cell_dof": "aniso"} if ensemble == "npt" else {}
+        steps=max(1, prep_steps // 2), dt_fs=dt_fs, k=2.0)
     co = melting.coexistence(potential, params, cell, temps, steps=steps, ensemble=ensemble,
                              dt_fs=dt_fs, log_every=max(5, steps // 30), **npt)
-    out = {"threshold": cell.threshold, "temperatures": co.temperatures.tolist(),
+    out = {"check_crystal": check[0], "check_liquid": check[1],
+           "temperatures": co.temperatures.tolist(),
            "rates_per_ps": co.rates.tolist(), "rate_errors_per_ps": co.rate_errors.tolist(),
            "t_melt": co.melting_point, "t_melt_error": co.melting_point_error,
            "times_ps": co.times_ps.tolist(), "fractions": co.fractions.tolist(),
@@ -64,7 +76,7 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     if heat_steps:
         heat = melting.heating_curve(potential, params, crystal, t_start=800.0,
                                      t_end=2.0 * max(temps), steps=heat_steps,
-                                     threshold=cell.threshold, ensemble=ensemble, dt_fs=dt_fs,
+                                     ensemble=ensemble, dt_fs=dt_fs,
                                      log_every=max(5, heat_steps // 40), **npt)
         out.update(superheating=heat.superheating, wall_s=out["wall_s"] + heat.wall_s)
     return out
@@ -75,8 +87,9 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
 
 
 # %%
-def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, prep_steps=800,
-         heat_steps=1500, dt_fs=4.0, ensemble="npt", model=None, out_dir="melting_cu_output"):
+def main(reps=(3, 3, 6), temps=(1200.0, 1350.0, 1500.0, 1650.0), steps=1000, prep_steps=600,
+         heat_steps=1500, dt_fs=4.0, ensemble="npt", model=None, out_dir="melting_cu_output",
+         check_steps=600):
     """Coexistence study of EMT copper (and of ``model``); writes summary.json and a plot."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +103,7 @@ def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, pre
         params = pot.init(None, None) if params is None else params
         summary[name] = study(pot, params, reps=reps, temps=list(temps), steps=steps,
                               prep_steps=prep_steps, heat_steps=heat_steps, dt_fs=dt_fs,
-                              ensemble=ensemble)
+                              ensemble=ensemble, check_steps=check_steps)
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], summary.items(), strict=True):
         for t, f in zip(r["temperatures"], r["fractions"], strict=True):
@@ -101,7 +114,7 @@ def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, pre
     fig.tight_layout()
     fig.savefig(out / "solid_fraction.png", dpi=80)
     plt.close(fig)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -76,12 +76,13 @@ def test_ntk_width_gap_shrinks_with_width(x64_off):
 
 
 def test_melting_cu(tmp_path):
-    """Tiny run of the coexistence example with EMT (fixed volume, no heating curve)."""
+    """Tiny run of the coexistence example with EMT (fixed volume, no classifier check, no
+    heating curve; tests/test_melting.py covers those)."""
     summary = _load("melting_cu").main(reps=(2, 2, 4), temps=(800.0, 1900.0), steps=40,
                                        prep_steps=60, heat_steps=0, dt_fs=5.0,
-                                       ensemble="langevin", out_dir=tmp_path)
+                                       ensemble="langevin", out_dir=tmp_path, check_steps=0)
     r = summary["EMT"]
-    assert 0.0 < r["threshold"] < 0.6
+    assert np.isnan(r["check_crystal"])
     assert np.asarray(r["fractions"]).shape[0] == 2
     assert (tmp_path / "solid_fraction.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "summary.json").read_text())["EMT"]["temperatures"] == [800.0,

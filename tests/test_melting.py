@@ -87,6 +87,47 @@ def test_q6_of_random_directions_is_one_over_sqrt_n():
     assert abs(ratio - 1.0) < 0.1
 
 
+def _bonds_reference(atoms, cutoff, l, dot_threshold):
+    """Solid-like bond counts from ASE's neighbour list and SciPy's harmonics (all m)."""
+    i, j, d = neighbor_list("ijD", atoms, cutoff)
+    n = len(atoms)
+    r = np.linalg.norm(d, axis=1)
+    theta, phi = np.arccos(d[:, 2] / r), np.arctan2(d[:, 1], d[:, 0])
+    y = sph_harm_y(l, np.arange(-l, l + 1)[None, :], theta[:, None], phi[:, None])
+    q = np.zeros((n, 2 * l + 1), complex)
+    np.add.at(q, i, y)
+    q /= np.maximum(np.bincount(i, minlength=n), 1)[:, None]
+    unit = q / np.linalg.norm(q, axis=1, keepdims=True)
+    dots = np.real(np.sum(unit[i] * np.conj(unit[j]), axis=1))
+    return np.bincount(i[dots > dot_threshold], minlength=n)
+
+
+_bonds_jit = jax.jit(lambda system, thr: (order.solid_bonds(system, cutoff=3.2, dot_threshold=thr),
+                                           order.solid_mask(system, cutoff=3.2, dot_threshold=thr)))
+
+
+def test_solid_bonds_equal_direct_numpy_and_separate_crystal_from_gas():
+    rng = np.random.default_rng(5)
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 3))
+    rattled = crystal.copy()
+    rattled.rattle(0.3, rng=rng)
+    side = 12.0 * (48 / 200) ** (1 / 3)  # liquid-like density, random positions
+    gas = Atoms("Cu48", positions=rng.uniform(0, side, (48, 3)), cell=[side] * 3, pbc=True)
+    cases = ((crystal, 0.5), (rattled, 0.5), (rattled, 0.7), (gas, 0.5))
+    for k, (atoms, thr) in enumerate(cases):
+        ref = _bonds_reference(atoms, 3.2, 6, thr)
+        system = System.from_ase(atoms, cutoff=4.0, n_atoms=51, n_edges=48 * 50)  # one shape;
+        got, mask = (np.asarray(x) for x in _bonds_jit(system, thr))  # long edges, padding
+        np.testing.assert_array_equal(got[:48], ref)
+        np.testing.assert_array_equal(mask[:48], ref >= 7)
+        assert np.all(got[48:] == 0) and not mask[48:].any()
+        if k == 0:
+            assert np.all(ref == 12)  # perfect fcc: every bond is solid-like
+        else:
+            assert np.ptp(ref) >= 3  # non-trivial: the counts vary from atom to atom
+    assert mask[:48].mean() < 0.1 and ref.mean() < 3  # the random 'liquid' is not solid
+
+
 def test_separating_threshold():
     assert order.separating_threshold([0.5, 0.6, 0.55], [0.1, 0.2, 0.3]) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="liquid mean"):

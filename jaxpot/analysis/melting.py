@@ -34,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpot import md
-from jaxpot.analysis.order import steinhardt_q
+from jaxpot.analysis.order import solid_mask, steinhardt_q
 from jaxpot.potential import Potential, sum_potentials
 from jaxpot.system import System
 
 __all__ = ["tether", "half_melted_cell", "HalfMeltedCell", "solid_fraction_observer",
+           "classifier_check",
            "coexistence", "CoexistenceResult", "melting_point", "interface_rate",
            "heating_curve", "HeatingCurve"]
 
@@ -59,13 +60,17 @@ def tether(reference_positions, mask, k: float) -> Potential:
                      {"name": "tether", "kwargs": {"k": float(k)}})
 
 
-def solid_fraction_observer(*, cutoff: float, threshold: float, l: int = 6):
+def solid_fraction_observer(*, cutoff: float, threshold: float | None = None, l: int = 6,
+                            dot_threshold: float = 0.7, min_bonds: int = 7):
     """An MD observer: ``{"solid_fraction": scalar, "q6_mean": scalar}`` at each log point.
 
     Args:
       cutoff: Steinhardt neighbour cutoff, Å (at most the potential's cutoff).
-      threshold: atoms with neighbour-averaged Q̄_l above it count as solid.
+      threshold: ``None`` (default): an atom is solid when it has at least ``min_bonds``
+        solid-like bonds (:func:`jaxpot.analysis.order.solid_mask`, robust near T_m). A
+        number: the older scalar criterion, neighbour-averaged Q̄_l above ``threshold``.
       l: degree of the order parameter.
+      dot_threshold, min_bonds: the bond criterion's parameters.
     """
 
     def observe(state, output):
@@ -73,10 +78,46 @@ def solid_fraction_observer(*, cutoff: float, threshold: float, l: int = 6):
         q = steinhardt_q(system, l=l, cutoff=cutoff)
         mask = system.atom_mask
         n = jnp.sum(mask)
-        solid = jnp.sum(jnp.where(mask, q > threshold, False))
+        if threshold is None:
+            solid = jnp.sum(solid_mask(system, l=l, cutoff=cutoff, dot_threshold=dot_threshold,
+                                       min_bonds=min_bonds))
+        else:
+            solid = jnp.sum(jnp.where(mask, q > threshold, False))
         return {"solid_fraction": solid / n, "q6_mean": jnp.sum(jnp.where(mask, q, 0.0)) / n}
 
     return observe
+
+
+def classifier_check(potential: Potential, params, crystal: System, *,
+                     temperature_kelvin: float, steps: int, melt_temperature_kelvin: float = 2500.0,
+                     melt_steps: int | None = None, dt_fs: float = 2.0, q_cutoff: float = 3.1,
+                     seed: int = 0, **md_options) -> tuple[float, float]:
+    """Solid fractions of a free crystal and of the liquid, both run at ``temperature_kelvin``.
+
+    The check to pass before a coexistence study: the crystal (no restraint) and the melt (the
+    same cell molten at ``melt_temperature_kelvin`` for ``melt_steps``, then quenched), each
+    run ``steps`` steps (NPT at 0 GPa unless ``md_options`` names an ``ensemble``), must read
+    ~1 and ~0 with the bond criterion of :func:`solid_fraction_observer`.
+
+    Returns:
+      ``(crystal_fraction, liquid_fraction)``: means over the second half of each run.
+    """
+    options = md_options if "ensemble" in md_options else dict(
+        ensemble="npt", pressure_gpa=0.0, cell_dof="aniso") | md_options
+    observer = solid_fraction_observer(cutoff=q_cutoff)
+    melt = md.simulate(potential, params, crystal, ensemble="langevin", dt_fs=dt_fs,
+                       temperature_kelvin=melt_temperature_kelvin,
+                       steps=melt_steps or steps, log_every=max(1, (melt_steps or steps) // 4),
+                       seed=seed + 1)
+    out = []
+    for k, start in enumerate((crystal, melt.final_system)):
+        res = md.simulate(potential, params, start, dt_fs=dt_fs,
+                          temperature_kelvin=temperature_kelvin, steps=steps,
+                          log_every=max(1, steps // 20), seed=seed + 2 + k, observers=observer,
+                          **options)
+        f = np.asarray(res.log["solid_fraction"], np.float64)
+        out.append(float(f[f.size // 2:].mean()))
+    return out[0], out[1]
 
 
 @dataclasses.dataclass
@@ -245,7 +286,8 @@ class CoexistenceResult:
 def coexistence(potential: Potential, params, cell: HalfMeltedCell,
                 temperatures: Sequence[float], *, steps: int, ensemble: str = "npt",
                 dt_fs: float = 2.0, log_every: int = 50, q_cutoff: float = 3.1,
-                seed: int = 0, **md_options) -> CoexistenceResult:
+                threshold: float | None = None, seed: int = 0,
+                **md_options) -> CoexistenceResult:
     """Run the half-melted cell at each temperature and fit where the interface stands still.
 
     Args:
@@ -257,13 +299,15 @@ def coexistence(potential: Potential, params, cell: HalfMeltedCell,
         ``md_options``) or a fixed-volume one (``"langevin"``, ``"nose-hoover"``).
       dt_fs: time step, fs. log_every: steps between solid-fraction samples.
       q_cutoff: Steinhardt neighbour cutoff, Å.
+      threshold: ``None`` (default) for the solid-like-bond criterion; a number for a cut on
+        Q̄6 (e.g. ``cell.threshold``; see :func:`solid_fraction_observer`).
       seed: seed of run ``i`` is ``seed + i``.
       **md_options: passed to :func:`jaxpot.md.simulate`.
     """
     temps = np.asarray(temperatures, np.float64).reshape(-1)
     if temps.size < 2:
         raise ValueError("coexistence: give at least two temperatures")
-    observer = solid_fraction_observer(cutoff=q_cutoff, threshold=cell.threshold)
+    observer = solid_fraction_observer(cutoff=q_cutoff, threshold=threshold)
     t0 = time.perf_counter()
     fractions, rates, errors, logs = [], [], [], []
     times = None
@@ -307,7 +351,8 @@ class HeatingCurve:
 
 
 def heating_curve(potential: Potential, params, system: System, *, t_start: float,
-                  t_end: float, steps: int, threshold: float, ensemble: str = "npt",
+                  t_end: float, steps: int, threshold: float | None = None,
+                  ensemble: str = "npt",
                   dt_fs: float = 2.0, log_every: int = 50, q_cutoff: float = 3.1,
                   seed: int = 0, **md_options) -> HeatingCurve:
     """Heat a perfect crystal linearly from ``t_start`` to ``t_end`` K and find where it melts.
@@ -316,7 +361,7 @@ def heating_curve(potential: Potential, params, system: System, *, t_start: floa
       potential, params: the model.
       system: a periodic perfect crystal.
       t_start, t_end: K. steps: length of the ramp.
-      threshold: Q̄6 solid/liquid threshold (e.g. ``HalfMeltedCell.threshold``).
+      threshold: ``None`` (default) for the solid-like-bond criterion, or a Q̄6 cut.
       ensemble, dt_fs, log_every, q_cutoff, seed, md_options: as in :func:`coexistence`.
     """
     t0 = time.perf_counter()
