@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxpot import neighbors as nb
 from jaxpot import units
@@ -210,12 +211,40 @@ class _Programs:
         self.potential, self.make, self.periodic, self.params = potential, make, periodic, params
         self.compiled: dict = {}
 
-    def __call__(self, states, n_int, length):
+    def compile(self, states, n_int, length):
+        """The compiled block for these states (compiled now if new; nothing is run)."""
         key = (states.neighbors.spec, n_int, length)
         if key not in self.compiled:
             fn = jax.jit(_block(self.potential, self.make, self.periodic, n_int, length))
             self.compiled[key] = fn.lower(self.params, states).compile()
-        return self.compiled[key](self.params, states)
+        return self.compiled[key]
+
+    def __call__(self, states, n_int, length):
+        return self.compile(states, n_int, length)(self.params, states)
+
+
+def _replica_placement(devices, n_rep: int):
+    """``place(tree)`` putting the replica axis (leading) over ``devices``, and the
+    replicated placement of the shared parameters; ``(None, None)`` for one device."""
+    if devices is None:
+        return None, None
+    if isinstance(devices, (int, np.integer)):
+        if not 1 <= int(devices) <= len(jax.devices()):
+            raise ValueError(f"devices: asked for {devices}, this run sees "
+                             f"{len(jax.devices())}")
+        chosen = jax.devices()[: int(devices)]
+    else:
+        chosen = list(devices)
+        if not chosen:
+            raise ValueError("devices: an empty list")
+    if n_rep % len(chosen):
+        raise ValueError(f"{n_rep} replicas do not split evenly over {len(chosen)} devices; "
+                         f"use a multiple of {len(chosen)} replicas")
+    if len(chosen) == 1:
+        return None, None
+    mesh = Mesh(np.asarray(chosen, dtype=object), (AXIS,))
+    split, whole = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
+    return (lambda tree: jax.device_put(tree, split)), (lambda tree: jax.device_put(tree, whole))
 
 
 def _plan(steps: int, log_every: int, block_steps: int) -> list[tuple[int, int]]:
@@ -258,6 +287,7 @@ def simulate_replicas(
     integrator: IntegratorFactory | None = None,
     block_steps: int = 200,
     n_atoms: int | None = None,
+    devices=None,
 ) -> ReplicaResult:
     """Run MD of many replicas together: one compiled, vmapped, fused loop for all.
 
@@ -283,6 +313,10 @@ def simulate_replicas(
         integrator); its step must read the bath from ``state.kT``.
       block_steps: steps per jitted block between host checks.
       n_atoms: atom slots of the bucket.
+      devices: spread the replicas over this many devices (or these devices): the replica
+        axis is split over a device mesh, the parameters replicated, and the same compiled
+        program runs partitioned (the number of replicas must be a multiple of the device
+        count). None: one device.
 
     Returns:
       A :class:`ReplicaResult`.
@@ -298,6 +332,9 @@ def simulate_replicas(
     make = integrator or _factory(ensemble, dt_fs, friction_per_fs, tau_fs)
     lists = allocate_replicas(padded, potential.cutoff, skin=skin)
     states = _initial_states(potential, params, padded, lists, make, kelvin, seeds)
+    split, whole = _replica_placement(devices, n_rep)
+    if split is not None:
+        states, params = split(states), whole(params)
     periodic = bool(np.all(np.asarray(padded[0].pbc)))
     programs = _Programs(potential, make, periodic, params)
     obs = [jax.device_get(jax.vmap(_observe)(states))]
@@ -305,7 +342,7 @@ def simulate_replicas(
     n_realloc, wall, done = 0, 0.0, [0]
     for n_int, length in _plan(steps, log_every, block_steps):
         tries = 0
-        programs(states, n_int, length)  # compile outside the timing
+        programs.compile(states, n_int, length)  # compile (only) outside the timing
         t0 = time.perf_counter()
         out, seen = jax.block_until_ready(programs(states, n_int, length))
         wall += time.perf_counter() - t0
@@ -316,6 +353,8 @@ def simulate_replicas(
             tries += 1
             n_realloc += 1
             states = _regrow(states, potential, skin, tries)
+            if split is not None:
+                states = split(states)
             out, seen = programs(states, n_int, length)
         states = out
         # vmap puts the replica axis first: [R, n_int, ...] -> [n_int, R, ...]
