@@ -5,9 +5,10 @@ The coexistence protocol (Morris et al., PRB 49, 3109 (1994), in its interface-v
 1. :func:`half_melted_cell`: an elongated crystal; the atoms of one half are tethered to their
    lattice sites by a stiff harmonic restraint while the other half melts at a high
    temperature, then the whole cell is brought to a temperature near the expected melting point
-   (restraint still on). Atoms are labelled solid or liquid by the neighbour-averaged Steinhardt
-   Q̄6 (:mod:`jaxpot.analysis.order`); the threshold is the midpoint between the median Q̄6
-   of the tethered half and that of the molten half at that point.
+   (restraint still on). Atoms are labelled solid or liquid by their number of solid-like
+   bonds (:func:`jaxpot.analysis.order.solid_mask`; check it first with
+   :func:`classifier_check`); the cell also records a Q̄6 cut between the two halves' medians,
+   the older criterion (``threshold=`` in :func:`coexistence`).
 2. :func:`coexistence`: from that cell (restraint off) one run per temperature, in the NPT
    ensemble by default (``ensemble="npt"``; ``"langevin"`` runs at the fixed volume of the cell
    instead), with the solid fraction computed inside the jitted loop at every log point
