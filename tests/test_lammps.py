@@ -72,6 +72,7 @@ def test_nve_100_steps_same_on_1_and_2_ranks(lj_runs):
     assert ends[2] == pytest.approx(ends[1], abs=1e-8)
 
 
+@pytest.mark.slow  # two ranks compiling NequIP: about a minute of CPU
 def test_nequip_on_2_ranks_equals_jaxpot_alone(tmp_path):
     import jax
 

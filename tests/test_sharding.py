@@ -84,6 +84,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes compiling NequIP: about a minute of CPU
 def test_two_processes_match_one(sharded_runs, tmp_path):
     out = tmp_path / "mp.json"
     port = _free_port()

@@ -70,6 +70,7 @@ def test_vdos_peaks_at_the_oscillation_frequency():
     assert np.trapezoid(dos, nu) == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # a long Langevin run; the MSD and error-bar tests stay in the default run
 def test_free_langevin_particles_diffuse_at_kt_over_m_gamma():
     """BAOAB Langevin without forces: D = kT/(mγ) exactly, C(t) = (3kT/m) e^{−γt}."""
     import jax.numpy as jnp
