@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpot.lammps.coupling import message_passing_layers
 from jaxpot.parallel.bundle import FORMAT, FORMAT_VERSION
 from jaxpot.potential import Potential, energy_forces_stress
 from jaxpot.serialization import _json_default
@@ -86,7 +87,7 @@ def _leaf_dtype(x, float_dtype):
 
 def _header(potential: Potential, dtype: str, platforms, num_layers: int | None) -> dict:
     cutoff = float(potential.cutoff)
-    layers = num_layers if num_layers is not None else _num_layers(potential)
+    layers = num_layers if num_layers is not None else message_passing_layers(potential)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype,
         "platforms": list(platforms), "cutoff_angstrom": cutoff,
@@ -103,24 +104,6 @@ def _header(potential: Potential, dtype: str, platforms, num_layers: int | None)
         "outputs": ["energy []", "forces [n_atoms,3]", "virial [3,3] = -V*stress"],
         "model_config": potential.config,
     }
-
-
-def _num_layers(potential: Potential) -> int:
-    """Message-passing depth from the config (1 for single-shell models)."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("num_layers", "num_interactions") and isinstance(value, int):
-                    found.append(value)
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-
-    walk(potential.config)
-    return max(found, default=1)
 
 
 def export_model(potential: Potential, params, path: str | os.PathLike, *,
