@@ -514,7 +514,7 @@ def test_md_model_files_that_cannot_run(inputs, capsys, name):
 
 
 @pytest.mark.parametrize("extra", [
-    ["--steps", "1.5"], ["--dt", "abc"], ["--ensemble", "npt"], ["--bogus"],
+    ["--steps", "1.5"], ["--dt", "abc"], ["--ensemble", "nph"], ["--bogus"],
     ["--temperature"], ["--log-every", "ten"],
 ])
 def test_md_usage_errors_exit_2(inputs, capsys, extra):

@@ -65,7 +65,7 @@ BAD_OPTIONS = [
     ({"temperature_kelvin": "hot"}, "temperature_kelvin"),
     ({"temperature_kelvin": (300.0, -50.0)}, "temperature_kelvin is -15.0 K at step 18"),
     ({"temperature_kelvin": lambda s: 300.0 - 20.0 * s}, "at step 16"),
-    ({"ensemble": "npt"}, "unknown ensemble 'npt'"),
+    ({"ensemble": "nph"}, "unknown ensemble 'nph'"),
     ({"temperature_kelvin": (40.0, 80.0)}, "needs a thermostat"),
     ({"ensemble": "langevin", "friction_per_fs": 0.0}, "friction_per_fs"),
     ({"ensemble": "langevin", "friction_per_fs": -0.01}, "friction_per_fs"),

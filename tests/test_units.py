@@ -3,6 +3,7 @@
 import math
 
 import ase.units
+import numpy as np
 import pytest
 
 from jaxpot import units
@@ -23,8 +24,16 @@ def test_constant_equals_ase(name):
 
 def test_public_names_are_covered():
     """Every public constant is either checked against ASE above or derived below."""
-    derived = {"amu", "ps", "ns"}
+    derived = {"amu", "ps", "ns", "coulomb_constant"}
     assert set(units.__all__) <= set(SHARED) | derived
+
+
+def test_coulomb_constant_is_e_over_4_pi_eps0_in_ev_angstrom():
+    # LAMMPS's qqr2e in metal units (14.399645), which the nacl_bmh data were labelled with;
+    # CODATA gives e/(4π ε0 · 1 Å) = 14.39964548 V, 2e-8 relative away.
+    exact = ase.units._e / (4 * np.pi * ase.units._eps0 * 1e-10)
+    assert units.coulomb_constant == pytest.approx(exact, rel=1e-7)
+    assert units.coulomb_constant == 14.399645
 
 
 def test_ase_codata_version_is_2014():
