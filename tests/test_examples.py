@@ -75,6 +75,7 @@ def test_ntk_width_gap_shrinks_with_width(x64_off):
     assert results[widths[-1]]["corr"] > 0.999
 
 
+@pytest.mark.slow  # CI time: the protocol and the hybrid training have default tests
 def test_melting_cu(tmp_path):
     """Tiny run of the coexistence example with EMT (fixed volume, no classifier check, no
     heating curve; tests/test_melting.py covers those)."""
@@ -89,6 +90,7 @@ def test_melting_cu(tmp_path):
                                                                                           1900.0]
 
 
+@pytest.mark.slow  # CI time: the protocol and the hybrid training have default tests
 def test_nacl_hybrid():
     """Tiny run of the NaCl hybrid example: the fixed-charge hybrid's electrostatic part is the
     Ewald energy of the formal charges; QEq charges are neutral and not all zero."""
