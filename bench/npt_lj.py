@@ -47,8 +47,8 @@ def run_jaxpot(t_star, p_star, steps, equil, n_cells=4):
     res = md.simulate(pot, pot.init(None, system), system, ensemble="npt", dt_fs=dt_fs,
                       temperature_kelvin=t_star * EPS / units.kB, steps=steps + equil,
                       log_every=20, pressure_gpa=p_star * EPS / SIGMA**3 / units.GPa,
-                      tau_p_fs=1000 * dt_fs, compressibility_per_gpa=2.0,
-                      friction_per_fs=1.0 / (100 * dt_fs))
+                      tau_p_fs=200 * dt_fs, compressibility_per_gpa=2.0,
+                      friction_per_fs=1.0 / (20 * dt_fs))
     n = 4 * n_cells**3
     keep = res.log["step"] > equil
     rho = n * SIGMA**3 / res.log["volume_a3"][keep]
@@ -88,10 +88,10 @@ run {equil}
     return np.asarray(rho), wall / steps
 
 
-def _block_error(x, n_blocks=10):
-    b = np.array_split(np.asarray(x), n_blocks)
-    means = np.array([v.mean() for v in b])
-    return means.std(ddof=1) / np.sqrt(n_blocks)
+def _block_error(x):
+    from jaxpot.analysis.stats import block_average
+
+    return block_average(np.asarray(x)).sem
 
 
 def main(steps: int = 20000, equil: int = 4000):
