@@ -50,6 +50,7 @@ from jaxpot.md.relax import (
 )
 from jaxpot.md.run import _integrator
 from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
+from jaxpot.potentials.pair import shared_branch_axis
 from jaxpot.system import System, stack, unstack
 
 __all__ = ["ReplicaResult", "allocate_replicas", "relax_replicas", "simulate_replicas"]
@@ -108,10 +109,11 @@ class _ReplicaProvider(ForceProvider):
         neighbors = jax.lax.cond(any_need, lambda n: nb.rebuild(n, moved), lambda n: n,
                                  neighbors)
         full = neighbors.attach(moved)
-        if stress:
-            e, f, sigma = energy_forces_stress(self.potential)(self.params, full)
-        else:
-            (e, f), sigma = energy_and_forces(self.potential)(self.params, full), None
+        with shared_branch_axis(AXIS):
+            if stress:
+                e, f, sigma = energy_forces_stress(self.potential)(self.params, full)
+            else:
+                (e, f), sigma = energy_and_forces(self.potential)(self.params, full), None
         return ForceOutput(energy=e, forces=f, stress=sigma, neighbors=neighbors, atomic={})
 
 

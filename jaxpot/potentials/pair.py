@@ -6,6 +6,8 @@ With a full neighbour list every pair appears twice (i→j and j→i), so the en
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from collections.abc import Callable
 
@@ -168,6 +170,29 @@ def _grads_general(phi, cutoff, shift, params, positions, cell, senders, receive
     return energy, grad_x, grad_cell
 
 
+_SHARED_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jaxpot_pair_shared_axis", default=None)
+
+
+@contextlib.contextmanager
+def shared_branch_axis(axis: str):
+    """While tracing inside ``vmap(..., axis_name=axis)``, make the pair kernel's layout test
+    one decision for the whole batch (all replicas take the blocked path only if every list
+    has the blocked layout), so ``vmap`` keeps a real branch instead of evaluating both."""
+    token = _SHARED_AXIS.set(axis)
+    try:
+        yield
+    finally:
+        _SHARED_AXIS.reset(token)
+
+
+def _batch_all(pred: jax.Array) -> jax.Array:
+    axis = _SHARED_AXIS.get()
+    if axis is None:
+        return pred
+    return jax.lax.psum(jnp.logical_not(pred).astype(jnp.int32), axis) == 0
+
+
 def _grads(phi, cutoff, shift, params, positions, cell, senders, receivers, shifts, with_cell):
     """Energy, ∂E/∂x [n, 3] and ∂E/∂cell [3, 3] using the symmetry of the list.
 
@@ -185,7 +210,7 @@ def _grads(phi, cutoff, shift, params, positions, cell, senders, receivers, shif
         return general()
     m = n_edges // n
     block = jax.lax.broadcasted_iota(jnp.int32, (n, m), 0).reshape(n_edges)
-    dense = jnp.all((receivers == block) | (senders >= n))
+    dense = _batch_all(jnp.all((receivers == block) | (senders >= n)))
     return jax.lax.cond(dense, functools.partial(_grads_blocked, *args, shifts, with_cell),
                         general)
 
