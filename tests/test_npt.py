@@ -355,3 +355,40 @@ def test_mtk_conserved_quantity_is_bounded_and_second_order():
         assert abs(slope) < 1e-4
     assert err[0] < 1e-3
     assert 2.5 < err[0] / err[1] < 6.0
+
+
+def test_c_rescale_ideal_gas_volume_distribution():
+    """Exact check of the sampled volume distribution: an ideal gas (no forces) of N atoms in
+    the isothermal–isobaric ensemble has V ~ Gamma(N + 1, kT/P0), so <V> = (N + 1) kT/P0 and
+    Var V = (N + 1)(kT/P0)². For N = 4 the neighbouring hypotheses (N or N + 2 in place of
+    N + 1, e.g. a wrong sign of the kT/V Jacobian term) are 20–25 % away, many errors off."""
+    from ase import Atoms
+
+    from jaxpot.analysis.stats import block_average
+    from jaxpot.md import npt as npt_mod
+
+    n = 4
+    rng = np.random.default_rng(0)
+    atoms = Atoms(f"Ar{n}", positions=rng.uniform(0, 10, (n, 3)), cell=np.eye(3) * 10,
+                  pbc=True)
+    system = System.from_ase(atoms)
+    pot = potentials.lennard_jones(1.0, 0.0, 1.0)  # epsilon = 0: no forces
+    kT = 300 * units.kB
+    p0 = n * kT / 1000.0
+    integ = npt_mod.c_rescale(pot, pot.init(None, system), 5 * units.fs, kT, 0.02 / units.fs,
+                              p0, 300 * units.fs, compressibility=50.0 / units.GPa)
+    nbrs = neighbors.allocate(system, 1.0, skin=0.5, capacity_multiplier=3.0, method="brute")
+    state = integ.init(jax.random.PRNGKey(1), system, nbrs)
+
+    def one(s, _):
+        s = integ.step(s)
+        return s, jnp.abs(jnp.linalg.det(s.system.cell))
+
+    steps = 200_000
+    _, vol = jax.jit(lambda s: jax.lax.scan(one, s, None, length=steps))(state)
+    vol = np.asarray(vol, np.float64)[steps // 10:]
+    avg = block_average(vol)
+    expect = (n + 1) * kT / p0
+    assert avg.sem < 0.03 * expect, avg
+    assert abs(avg.mean - expect) < 3.0 * avg.sem + 0.01 * expect, (avg, expect)
+    assert abs(vol.var() / ((n + 1) * (kT / p0) ** 2) - 1.0) < 0.2, vol.var()
