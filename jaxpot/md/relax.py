@@ -42,6 +42,7 @@ from jaxpot import units
 from jaxpot.md.blocks import NeighborKeeper, NeighborListError
 from jaxpot.md.checks import check_params_finite
 from jaxpot.potential import Potential, check_species, energy_forces_stress
+from jaxpot.potentials.pair import shared_branch_axis
 from jaxpot.system import System
 
 __all__ = ["FireConfig", "RelaxState", "cell_mask", "current_system", "initial_state", "relax",
@@ -369,6 +370,7 @@ def relax(
 
 
 _PROGRAMS: dict = {}
+_AXIS = "relax_replica"  # vmapped replica axis of batched relaxation
 
 
 def _program(potential: Potential, hydrostatic: bool, fire: FireConfig, *, batched=False):
@@ -381,9 +383,19 @@ def _program(potential: Potential, hydrostatic: bool, fire: FireConfig, *, batch
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
         segment = _make_segment(potential, hydrostatic, fire)
         if batched:
-            segment = jax.vmap(segment, in_axes=(None, 0, 0, 0, 0, None))
+            segment = _shared_branches(segment)
         _PROGRAMS[key] = jax.jit(segment)
     return _PROGRAMS[key]
+
+
+def _shared_branches(segment):
+    """``segment`` vmapped over replicas with the pair kernel's layout test shared by the
+    batch (see ``potentials.pair.shared_branch_axis``), so ``vmap`` keeps a real branch."""
+    def one(*args):
+        with shared_branch_axis(_AXIS):
+            return segment(*args)
+
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0, None), axis_name=_AXIS)
 
 
 def _drive(segment, params, ref, opts, state, keeper, *, fmax, max_steps, check_every):
