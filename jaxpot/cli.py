@@ -358,7 +358,7 @@ def _cmd_md(args) -> int:
         progress=_progress_wanted(), pressure_gpa=args.pressure_gpa, barostat=args.barostat,
         cell_dof=args.cell_dof, cell_mask=_cell_mask_arg(args.cell_mask), tau_p_fs=args.tau_p,
         compressibility_per_gpa=args.compressibility, thermalize_ps=args.thermalize_ps,
-        restart=args.restart_from,
+        restart=args.restart_from, trajectory_file=args.traj,
     )
     if args.final_state is not None:
         md.save_state(args.final_state, result.final_state, ensemble=args.ensemble,
@@ -405,12 +405,9 @@ def _md_run_summary(args, result, log: dict, potential, n_atoms: int) -> dict:
 
 def _write_md_outputs(args, log: dict, result, summary: dict) -> None:
     from jaxpot.files import atomic_write_text
-    from jaxpot.io import write
 
     if args.log is not None:
         _write_log_csv(args.log, log)
-    if args.traj is not None:
-        write(args.traj, result.frames)
     if args.summary is not None:
         atomic_write_text(args.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
@@ -452,7 +449,9 @@ def _add_md(subparsers) -> None:
     p.add_argument("--log-every", type=int, default=10, metavar="K",
                    help="steps between log rows (default 10)")
     p.add_argument("--log", metavar="LOG.csv", help="write the log as CSV")
-    p.add_argument("--traj", metavar="TRAJ.xyz", help="write an extxyz trajectory")
+    p.add_argument("--traj", metavar="TRAJ.xyz",
+                   help="write the trajectory while the run goes (extxyz; H5MD for .h5/.h5md); "
+                        "with --restart-from it is continued")
     p.add_argument("--traj-every", type=int, default=None, metavar="K",
                    help="steps between trajectory frames, a multiple of --log-every "
                         "(default: --log-every)")

@@ -421,6 +421,50 @@ def test_observers_stop_and_trajectory_arrays(tmp_path):
     np.testing.assert_allclose(back[-1].positions, traj.positions[-1], atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["md.xyz", "md.h5"])
+def test_trajectory_file_is_written_during_the_run_and_continued_on_restart(tmp_path, name):
+    """Frames streamed to extxyz/H5MD equal the in-memory frames of the same run; the file
+    holds every finished block when a stop ends the run early; a restart continues the file
+    with the step count going on and no duplicated frame."""
+    from ase.build import bulk
+
+    pot = potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=7.0)
+    system = System.from_ase(bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3))
+    params = pot.init(None, system)
+    kw = dict(ensemble="langevin", dt_fs=5.0, temperature_kelvin=60.0, log_every=20,
+              trajectory_every=40, block_steps=100, seed=3)
+    ref = md.simulate(pot, params, system, steps=400, **kw)
+    path = tmp_path / name
+    sizes = []
+
+    def stop(state, observed):  # the writer has been handed every earlier block by now
+        sizes.append(len(md.read_trajectory(path)) if path.exists() and path.stat().st_size
+                     else 0)
+        return observed["step"][-1] >= 200
+
+    first = md.simulate(pot, params, system, steps=400, stop=stop, trajectory_file=path, **kw)
+    assert first.steps_done == 200 and len(first.trajectory) == 0
+    assert sizes[-1] >= 3 and sizes == sorted(sizes)  # frames reach the file block by block
+    part = md.read_trajectory(path)
+    assert part.step.tolist() == [0, 40, 80, 120, 160, 200]
+    np.testing.assert_allclose(part.positions, ref.trajectory.positions[:6], atol=1e-6)
+    np.testing.assert_allclose(part.momenta, ref.trajectory.momenta[:6], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(part.potential_energy_ev, ref.trajectory.potential_energy_ev[:6],
+                               rtol=1e-6)
+    state_file = tmp_path / "state.npz"
+    md.save_state(state_file, first.final_state, ensemble="langevin", step=first.steps_done)
+    md.simulate(pot, params, system, steps=200, restart=state_file, trajectory_file=path,
+                **kw)
+    whole = md.read_trajectory(path)
+    assert whole.step.tolist() == list(range(0, 401, 40))
+    assert np.ptp(whole.positions[:, 0, 0]) > 0.01
+    np.testing.assert_allclose(whole.cells, np.broadcast_to(np.asarray(system.cell),
+                                                            whole.cells.shape), atol=1e-9)
+    with pytest.raises(ValueError, match="refusing to overwrite an input"):
+        md.simulate(pot, params, system, steps=20, restart=state_file,
+                    trajectory_file=state_file, **kw)
+
+
 def test_force_provider_drives_the_integrators():
     from jaxpot.potential import energy_forces_stress
 

@@ -58,7 +58,7 @@ from jaxpot.md.npt import NPTState, c_rescale
 from jaxpot.md.replicas import relax_replicas, simulate_replicas
 from jaxpot.md.restart import load_state, save_state
 from jaxpot.md.run import ENSEMBLES, MDResult, Observer, StopPredicate, simulate
-from jaxpot.md.trajectory import Trajectory, write_trajectory
+from jaxpot.md.trajectory import Trajectory, TrajectoryWriter, read_trajectory, write_trajectory
 
 __all__ = [
     "ENSEMBLES",
@@ -95,5 +95,7 @@ __all__ = [
     "simulate",
     "simulate_replicas",
     "temperature",
+    "TrajectoryWriter",
+    "read_trajectory",
     "write_trajectory",
 ]

@@ -19,6 +19,7 @@ idle time; when a block is redone or the run stops, the speculative block is thr
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from jaxpot.md.integrators import (
 from jaxpot.md.mtk import mtk, mtk_conserved
 from jaxpot.md.npt import c_rescale, check_npt_options
 from jaxpot.md.restart import apply_restart, load_state, restart_system
-from jaxpot.md.trajectory import Trajectory, write_trajectory
+from jaxpot.md.trajectory import Trajectory, TrajectoryWriter, write_trajectory
 from jaxpot.potential import Potential
 from jaxpot.system import System
 
@@ -312,8 +313,10 @@ def _cell_columns(cells: np.ndarray, volume: np.ndarray, total_mass: float) -> d
 class _Log:
     """Log rows and trajectory frames, gathered block by block on the host."""
 
-    def __init__(self, *, dt_fs, dof, volume, trajectory_every, system, npt=False):
+    def __init__(self, *, dt_fs, dof, volume, trajectory_every, system, npt=False,
+                 writer: TrajectoryWriter | None = None):
         self.dt_fs, self.dof, self.volume, self.npt = dt_fs, dof, volume, npt
+        self.system, self.writer = system, writer
         mask = np.asarray(system.atom_mask, bool)
         self.total_mass = float(np.asarray(system.masses, np.float64)[mask].sum())
         self.every = trajectory_every
@@ -343,21 +346,29 @@ class _Log:
         for k, v in rows.items():
             self.cols.setdefault(k, []).append(v)
         if self.every is not None:
-            for j in np.flatnonzero(steps % self.every == 0):
-                for k, src in (("step", steps), ("positions", obs["positions"]),
-                               ("momenta", obs["momenta"]), ("cell", obs["cell"]),
-                               ("pe", pe)):
-                    self.frames[k].append(np.asarray(src[j]))
+            keep = np.flatnonzero(steps % self.every == 0)
+            block = {k: [np.asarray(src[j]) for j in keep]
+                     for k, src in (("step", steps), ("positions", obs["positions"]),
+                                    ("momenta", obs["momenta"]), ("cell", obs["cell"]),
+                                    ("pe", pe))}
+            if self.writer is not None:
+                self.writer.add(self._frames(block))
+            else:
+                for k, v in block.items():
+                    self.frames[k].extend(v)
         return rows
 
     def log(self) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v) for k, v in self.cols.items()}
 
     def trajectory(self, system) -> Trajectory:
-        traj = Trajectory.empty(system)
-        if not self.frames["step"]:
+        return self._frames(self.frames)
+
+    def _frames(self, frames: dict) -> Trajectory:
+        traj = Trajectory.empty(self.system)
+        if not frames["step"]:
             return traj
-        f = {k: np.stack(v) for k, v in self.frames.items()}
+        f = {k: np.stack(v) for k, v in frames.items()}
         step = f["step"].astype(np.int64)
         return dataclasses.replace(
             traj, step=step, time_fs=step * self.dt_fs,
@@ -486,6 +497,41 @@ def _thermalize(potential, params, system, ps, dt_fs, seed, kelvin, friction_per
     return system.replace(positions=end.system.positions), end.momenta
 
 
+def _writer(path, system, restart_data) -> TrajectoryWriter | None:
+    """The streaming writer of ``trajectory_file`` (continuing the file after a restart)."""
+    if path is None:
+        return None
+    offset = None if restart_data is None else int(restart_data["step"])
+    return TrajectoryWriter(path, Trajectory.empty(system), append=offset is not None,
+                            step_offset=offset)
+
+
+def _checked_schedule(temperature_kelvin, steps, ensemble):
+    """``(schedule, hottest K)``; NVE refuses a temperature that changes during the run."""
+    schedule = _schedule(temperature_kelvin, steps, positive=ensemble == "nose-hoover")
+    sampled = schedule(np.unique(np.r_[np.arange(0, steps + 1, max(1, steps // 1000)), steps]))
+    if ensemble == "nve" and np.ptp(sampled) > 0:
+        raise ValueError("simulate: a temperature that changes during the run needs a "
+                         "thermostat (ensemble='langevin' or 'nose-hoover'); NVE uses "
+                         "temperature_kelvin only for the initial momenta")
+    return schedule, float(np.max(sampled))
+
+
+def _check_trajectory_file(path, restart, trajectory_every, log_every):
+    """``trajectory_every`` (default ``log_every`` when frames go to ``path``); the file's
+    folder must exist and the file must not be the restart file."""
+    from jaxpot.files import check_outputs
+
+    if path is None:
+        return trajectory_every
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"simulate: trajectory_file: folder {folder!r} does not exist")
+    inputs = {"restart": restart} if isinstance(restart, (str, os.PathLike)) else {}
+    check_outputs({"trajectory_file": path}, inputs)
+    return log_every if trajectory_every is None else trajectory_every
+
+
 def _rate(n_real: int, steps: int, dt_fs: float, wall_s: float) -> tuple[float, float]:
     wall_s = max(wall_s, 1e-12)
     return n_real * steps / wall_s, steps * dt_fs * 1e-6 / wall_s * 86400.0
@@ -523,6 +569,7 @@ def simulate(
     compressibility_per_gpa: float = 0.1,
     thermalize_ps: float = 0.0,
     restart: str | dict | None = None,
+    trajectory_file: str | os.PathLike | None = None,
 ) -> MDResult:
     """Run molecular dynamics with jitted, fused steps.
 
@@ -584,6 +631,12 @@ def simulate(
         run's ``final_state`` by :func:`jaxpot.md.save_state`: positions, cell, momenta, noise
         key and thermostat chain continue from it (``system`` supplies the atoms; the file's
         ensemble must match).
+      trajectory_file: write the frames (every ``trajectory_every`` steps, default
+        ``log_every``) to this file as the run goes, from a background thread so the device
+        keeps stepping: extxyz, or H5MD for ``.h5``/``.h5md``/``.hdf5`` (see
+        :class:`jaxpot.md.TrajectoryWriter`). With ``restart`` the file is continued, not
+        started anew. The frames are then not kept in ``MDResult.trajectory`` (read them back
+        with :func:`jaxpot.md.read_trajectory`).
 
     Returns:
       An :class:`MDResult`. Temperatures count ``3N − 3`` degrees of freedom (N real atoms;
@@ -610,17 +663,13 @@ def simulate(
     if ensemble not in ENSEMBLES:
         raise ValueError(f"simulate: unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")
     restart_data, system, momenta = _load_restart(restart, ensemble, system, momenta)
+    trajectory_every = _check_trajectory_file(trajectory_file, restart, trajectory_every,
+                                              log_every)
     dt_fs, steps, log_every, trajectory_every = check_inputs(
         potential, params, system, ensemble=ensemble, dt_fs=dt_fs, steps=steps,
         log_every=log_every, trajectory_every=trajectory_every,
         friction_per_fs=friction_per_fs, tau_fs=tau_fs, momenta=momenta)
-    schedule = _schedule(temperature_kelvin, steps, positive=ensemble == "nose-hoover")
-    sampled = schedule(np.unique(np.r_[np.arange(0, steps + 1, max(1, steps // 1000)), steps]))
-    if ensemble == "nve" and np.ptp(sampled) > 0:
-        raise ValueError("simulate: a temperature that changes during the run needs a "
-                         "thermostat (ensemble='langevin' or 'nose-hoover'); NVE uses "
-                         "temperature_kelvin only for the initial momenta")
-    kelvin_all_max = float(np.max(sampled))
+    schedule, kelvin_all_max = _checked_schedule(temperature_kelvin, steps, ensemble)
     npt = None
     if ensemble == "npt":
         npt = _npt_options(system, pressure_gpa=pressure_gpa, barostat=barostat,
@@ -647,7 +696,9 @@ def simulate(
     state, obs0 = _initial(cfg, params, system, keeper, seed=seed, kT0=kT0, momenta=momenta,
                            restart=restart_data)
     log = _Log(dt_fs=dt_fs, dof=degrees_of_freedom(mask), volume=volume,
-               trajectory_every=trajectory_every, system=system, npt=npt is not None)
+               trajectory_every=trajectory_every, system=system, npt=npt is not None,
+               writer=_writer(trajectory_file, system, restart_data))
+    writer = log.writer
     monitor = _first_row(log, obs0, schedule, system, ensemble=ensemble, dt_fs=dt_fs,
                          kelvin_max=kelvin_all_max, tolerance=max_energy_error_per_atom)
     blocks = _Blocks(cfg, params)
@@ -665,6 +716,8 @@ def simulate(
     finally:
         if loop.bar is not None:
             loop.bar.close()
+        if writer is not None:
+            writer.close()
     wall_s = time.perf_counter() - t_start - blocks.compile_s
     rate, ns_day = _rate(int(mask.sum()), done, dt_fs, wall_s)
     return MDResult(log=log.log(), trajectory=log.trajectory(system),
