@@ -21,8 +21,28 @@ from pathlib import Path
 import numpy as np
 
 
+def expanded_crystal(potential, params, crystal, kelvin, steps, dt_fs, seed):
+    """``crystal`` scaled to its mean NPT cell (0 GPa, each axis free) at ``kelvin``: the
+    half-melted cell is built at the solid's density at that temperature, not at 0 K."""
+    from jaxpot import md
+
+    res = md.simulate(potential, params, crystal, ensemble="npt", dt_fs=dt_fs,
+                      temperature_kelvin=kelvin, steps=steps, log_every=10, seed=seed + 7,
+                      pressure_gpa=0.0, cell_dof="aniso", thermalize_ps=0.4,
+                      tau_p_fs=400.0, compressibility_per_gpa=0.01)
+    half = len(res.log["cell_a"]) // 2
+    lengths = np.array([res.log[k][half:].mean() for k in ("cell_a", "cell_b", "cell_c")])
+    scale = lengths / np.linalg.norm(np.asarray(crystal.cell, np.float64), axis=1)
+    scale = np.full(3, np.cbrt(np.prod(scale)))  # cubic: one length, the mean volume
+    print(f"  crystal at {kelvin:.0f} K: cell x{np.round(scale, 4).tolist()}", flush=True)
+    x = np.asarray(crystal.positions, np.float64) * scale
+    return crystal.replace(positions=x.astype(np.asarray(crystal.positions).dtype),
+                           cell=(np.asarray(crystal.cell, np.float64) * scale[:, None]).astype(
+                               np.asarray(crystal.cell).dtype))
+
+
 def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_fs, ensemble,
-          a0, k=2.0, seed=0):
+          a0, k=2.0, seed=0, prep_kelvin=None):
     """The coexistence study and the heating curve for one potential; a JSON-ready dict."""
     from ase.build import bulk
 
@@ -32,7 +52,10 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     t0 = time.perf_counter()
     crystal = System.from_ase(bulk("Cu", "fcc", a=a0, cubic=True).repeat(reps))
     mid = 0.5 * (min(temps) + max(temps))
+    prep_kelvin = mid if prep_kelvin is None else prep_kelvin
     npt = dict(pressure_gpa=0.0, cell_dof="aniso") if ensemble == "npt" else {}
+    if ensemble == "npt":  # the crystal at its own density in the middle of the window
+        crystal = expanded_crystal(potential, params, crystal, mid, prep_steps, dt_fs, seed)
     tc = time.perf_counter()
     check = melting.classifier_check(potential, params, crystal, temperature_kelvin=mid,
                                      steps=prep_steps, dt_fs=dt_fs, seed=seed + 100,
@@ -41,7 +64,7 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     print(f"  classifier at {mid:.0f} K: free crystal {check[0]:.3f}, liquid {check[1]:.3f} "
           f"({check_wall:.0f} s)", flush=True)
     cell = melting.half_melted_cell(potential, params, crystal, melt_temperature_kelvin=2500.0,
-                                    temperature_kelvin=mid, melt_steps=prep_steps,
+                                    temperature_kelvin=prep_kelvin, melt_steps=prep_steps,
                                     steps=prep_steps // 2, dt_fs=dt_fs, k=k, seed=seed)
     co = melting.coexistence(potential, params, cell, temps, steps=steps, ensemble=ensemble,
                              dt_fs=dt_fs, log_every=max(10, steps // 40), seed=seed, **npt)
@@ -100,7 +123,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, prep_steps=800,
          heat_steps=2000, dt_fs=4.0, ensemble="npt", model=None, out="bench/results",
-         float64=False, skip_emt=False):
+         float64=False, skip_emt=False, prep_kelvin=None):
     """Run the study for EMT (and ``model`` when given); returns the results dict."""
     import jax
 
@@ -108,7 +131,8 @@ def main(reps=(3, 3, 6), temps=(1100.0, 1200.0, 1300.0, 1400.0), steps=1500, pre
     from jaxpot.potentials.emt import emt
 
     kw = dict(reps=tuple(reps), temps=list(temps), steps=steps, prep_steps=prep_steps,
-              heat_steps=heat_steps, dt_fs=dt_fs, ensemble=ensemble, a0=3.61)
+              heat_steps=heat_steps, dt_fs=dt_fs, ensemble=ensemble, a0=3.61,
+              prep_kelvin=prep_kelvin)
     pots = {} if skip_emt else {"EMT (jaxpot port)": (emt(["Cu"]), None)}
     if model:
         import jaxpot
@@ -139,10 +163,13 @@ if __name__ == "__main__":
     p.add_argument("--prep-steps", type=int, default=800)
     p.add_argument("--heat-steps", type=int, default=2000)
     p.add_argument("--dt-fs", type=float, default=4.0)
+    p.add_argument("--prep-kelvin", type=float, default=None,
+                   help="temperature the half-melted cell is brought to (default: the middle "
+                        "of --temps; above T_m keeps the molten half molten)")
     p.add_argument("--ensemble", default="npt")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench/results")
     p.add_argument("--skip-emt", action="store_true", help="only the --model study")
     a = p.parse_args()
     main(a.reps, a.temps, a.steps, a.prep_steps, a.heat_steps, a.dt_fs, a.ensemble, a.model,
-         a.out, skip_emt=a.skip_emt)
+         a.out, skip_emt=a.skip_emt, prep_kelvin=a.prep_kelvin)
