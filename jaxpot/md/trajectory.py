@@ -185,8 +185,9 @@ class _H5MDFile:
     def __init__(self, path, template: Trajectory, *, append: bool):
         try:
             import h5py
-        except ImportError as err:  # pragma: no cover - h5py is a dependency of the md extra
-            raise ImportError(f"writing {path!r} as H5MD needs h5py (pip install h5py)") from err
+        except ImportError as err:  # pragma: no cover - h5py is the h5md extra
+            raise ImportError(f"writing {path!r} as H5MD needs h5py (pip install "
+                              "'jaxpot[h5md]')") from err
         from jaxpot import __version__
 
         self.f = h5py.File(path, "a" if append else "w")
