@@ -56,6 +56,7 @@ from jaxpot.system import System, stack, unstack
 __all__ = ["ReplicaResult", "allocate_replicas", "relax_replicas", "simulate_replicas"]
 
 AXIS = "replica"  # name of the vmapped replica axis (for the collective skin test)
+CHUNK = 8  # replicas per vmapped group when there are more (see _chunk)
 
 
 def allocate_replicas(systems: Sequence[System], cutoff: float, *, skin: float = 0.5,
@@ -187,9 +188,10 @@ def _observe(s):
             "positions": sysm.positions}
 
 
-def _block(potential, make, periodic: bool, n_int: int, length: int):
+def _block(potential, make, periodic: bool, n_int: int, length: int, chunk: int | None = None):
     """``(params, states) -> (states, obs)``: ``n_int`` log intervals of ``length`` steps of
-    every replica (vmapped over ``AXIS``)."""
+    every replica (vmapped over ``AXIS``; with ``chunk``, over groups of that many replicas
+    taken one after the other)."""
 
     def one_replica(params, state):
         integ = make(_ReplicaProvider(potential, params), None)
@@ -203,21 +205,41 @@ def _block(potential, make, periodic: bool, n_int: int, length: int):
 
         return jax.lax.scan(interval, state, None, length=n_int)
 
-    return jax.vmap(one_replica, in_axes=(None, 0), axis_name=AXIS)
+    batched = jax.vmap(one_replica, in_axes=(None, 0), axis_name=AXIS)
+    if chunk is None:
+        return batched
+
+    def in_chunks(params, states):
+        n_rep = jax.tree.leaves(states)[0].shape[0]
+        groups = jax.tree.map(lambda a: a.reshape(n_rep // chunk, chunk, *a.shape[1:]), states)
+        out = jax.lax.map(lambda g: batched(params, g), groups)
+        return jax.tree.map(lambda a: a.reshape(n_rep, *a.shape[2:]), out)
+
+    return in_chunks
+
+
+def _chunk(n_rep: int, split) -> int | None:
+    """Replicas per vmapped group: many replicas run as a loop over groups of ``CHUNK`` (one
+    group's state stays in cache through a block) rather than one wide ``vmap``."""
+    if split is not None or n_rep <= CHUNK or n_rep % CHUNK:
+        return None
+    return CHUNK
 
 
 class _Programs:
     """Compiled blocks, one per (list spec, block shape); counts the compilations."""
 
-    def __init__(self, potential, make, periodic, params):
+    def __init__(self, potential, make, periodic, params, chunk=None):
         self.potential, self.make, self.periodic, self.params = potential, make, periodic, params
+        self.chunk = chunk
         self.compiled: dict = {}
 
     def compile(self, states, n_int, length):
         """The compiled block for these states (compiled now if new; nothing is run)."""
         key = (states.neighbors.spec, n_int, length)
         if key not in self.compiled:
-            fn = jax.jit(_block(self.potential, self.make, self.periodic, n_int, length))
+            fn = jax.jit(_block(self.potential, self.make, self.periodic, n_int, length,
+                                self.chunk))
             self.compiled[key] = fn.lower(self.params, states).compile()
         return self.compiled[key]
 
@@ -338,7 +360,7 @@ def simulate_replicas(
     if split is not None:
         states, params = split(states), whole(params)
     periodic = bool(np.all(np.asarray(padded[0].pbc)))
-    programs = _Programs(potential, make, periodic, params)
+    programs = _Programs(potential, make, periodic, params, _chunk(n_rep, split))
     obs = [jax.device_get(jax.vmap(_observe)(states))]
     obs[0] = jax.tree.map(lambda a: a[None], obs[0])
     n_realloc, wall, done = 0, 0.0, [0]
