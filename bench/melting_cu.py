@@ -21,26 +21,6 @@ from pathlib import Path
 import numpy as np
 
 
-def expanded_crystal(potential, params, crystal, kelvin, steps, dt_fs, seed):
-    """``crystal`` scaled to its mean NPT cell (0 GPa, each axis free) at ``kelvin``: the
-    half-melted cell is built at the solid's density at that temperature, not at 0 K."""
-    from jaxpot import md
-
-    res = md.simulate(potential, params, crystal, ensemble="npt", dt_fs=dt_fs,
-                      temperature_kelvin=kelvin, steps=steps, log_every=10, seed=seed + 7,
-                      pressure_gpa=0.0, cell_dof="aniso", thermalize_ps=0.4,
-                      tau_p_fs=400.0, compressibility_per_gpa=0.01)
-    half = len(res.log["cell_a"]) // 2
-    lengths = np.array([res.log[k][half:].mean() for k in ("cell_a", "cell_b", "cell_c")])
-    scale = lengths / np.linalg.norm(np.asarray(crystal.cell, np.float64), axis=1)
-    scale = np.full(3, np.cbrt(np.prod(scale)))  # cubic: one length, the mean volume
-    print(f"  crystal at {kelvin:.0f} K: cell x{np.round(scale, 4).tolist()}", flush=True)
-    x = np.asarray(crystal.positions, np.float64) * scale
-    return crystal.replace(positions=x.astype(np.asarray(crystal.positions).dtype),
-                           cell=(np.asarray(crystal.cell, np.float64) * scale[:, None]).astype(
-                               np.asarray(crystal.cell).dtype))
-
-
 def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_fs, ensemble,
           a0, k=2.0, seed=0, prep_kelvin=None):
     """The coexistence study and the heating curve for one potential; a JSON-ready dict."""
@@ -55,7 +35,10 @@ def study(potential, params, *, reps, temps, steps, prep_steps, heat_steps, dt_f
     prep_kelvin = mid if prep_kelvin is None else prep_kelvin
     npt = dict(pressure_gpa=0.0, cell_dof="aniso") if ensemble == "npt" else {}
     if ensemble == "npt":  # the crystal at its own density in the middle of the window
-        crystal = expanded_crystal(potential, params, crystal, mid, prep_steps, dt_fs, seed)
+        crystal = melting.crystal_at(potential, params, crystal, temperature_kelvin=mid,
+                                     steps=prep_steps, dt_fs=dt_fs, seed=seed + 7)
+        scale = float(crystal.cell[0, 0]) / (a0 * reps[0])
+        print(f"  crystal at {mid:.0f} K: lattice x{scale:.4f}", flush=True)
     tc = time.perf_counter()
     check = melting.classifier_check(potential, params, crystal, temperature_kelvin=mid,
                                      steps=prep_steps, dt_fs=dt_fs, seed=seed + 100,

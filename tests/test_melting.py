@@ -188,3 +188,21 @@ def test_superheated_melts_and_supercooled_freezes():
     assert 0.3 < start[0] < 0.8
     assert res.fractions[0, -3:].mean() > start[0] + 0.15  # supercooled: freezes
     assert res.fractions[1, -3:].mean() < start[1] - 0.15  # superheated: melts
+
+
+def test_crystal_at_expands_copper_to_its_npt_cell():
+    """EMT copper at 900 K: the cell grows from the 0 K lattice to about the NPT lattice
+    constant (3.6631 Å from ten long MTK runs, docs/npt.md), isotropically, and the atoms keep
+    their fractional coordinates."""
+    pot = emt(["Cu"])
+    params = pot.init(None, None)
+    crystal = System.from_ase(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3))
+    hot = melting.crystal_at(pot, params, crystal, temperature_kelvin=900.0, steps=2000,
+                             dt_fs=2.0)
+    a = np.linalg.norm(np.asarray(hot.cell, np.float64), axis=1) / 3
+    assert np.ptp(a) < 1e-9
+    # 2 ps of averaging: ±0.005 Å of noise (one run); the expansion itself is 0.05 Å
+    assert abs(a[0] - 3.6631) < 0.012 and a[0] - 3.61 > 0.035
+    frac0 = np.asarray(crystal.positions) @ np.linalg.inv(np.asarray(crystal.cell))
+    frac1 = np.asarray(hot.positions) @ np.linalg.inv(np.asarray(hot.cell))
+    np.testing.assert_allclose(frac1, frac0, atol=1e-6)

@@ -39,7 +39,7 @@ from jaxpot.analysis.order import solid_mask, steinhardt_q
 from jaxpot.potential import Potential, sum_potentials
 from jaxpot.system import System
 
-__all__ = ["tether", "half_melted_cell", "HalfMeltedCell", "solid_fraction_observer",
+__all__ = ["tether", "crystal_at", "half_melted_cell", "HalfMeltedCell", "solid_fraction_observer",
            "classifier_check",
            "coexistence", "CoexistenceResult", "melting_point", "interface_rate",
            "heating_curve", "HeatingCurve"]
@@ -140,6 +140,47 @@ class HalfMeltedCell:
     threshold: float
     q6: np.ndarray
     wall_s: float
+
+
+def crystal_at(potential: Potential, params, crystal: System, *, temperature_kelvin: float,
+               steps: int, dt_fs: float = 2.0, pressure_gpa: float = 0.0,
+               isotropic: bool = True, seed: int = 0) -> System:
+    """``crystal`` scaled to its mean NPT cell at ``temperature_kelvin`` (and pressure).
+
+    Build the half-melted cell from this, not from the 0 K lattice: at the 0 K lattice the
+    molten half is compressed by the crystal's thermal expansion (about 3 % in length for Cu
+    near T_m) and recrystallises. NPT with each cell length free (stochastic cell rescaling,
+    τ_p 400 fs) after 0.4 ps of Langevin; the cell lengths are averaged over the second half.
+
+    Args:
+      potential, params: the model.
+      crystal: a periodic crystal (edges ignored).
+      temperature_kelvin: where its density is wanted (the middle of the coexistence window).
+      steps: NPT steps (a few ps is enough for a crystal).
+      dt_fs: time step, fs.
+      pressure_gpa: target pressure, GPa.
+      isotropic: scale all three lengths by one factor (the mean volume), as for a cubic
+        crystal; False keeps the three factors.
+      seed: seed of the momenta and noise.
+
+    Returns:
+      The scaled :class:`~jaxpot.System` (positions scaled with the cell).
+    """
+    res = md.simulate(potential, params, crystal, ensemble="npt", dt_fs=dt_fs,
+                      temperature_kelvin=temperature_kelvin, steps=steps,
+                      log_every=max(1, min(10, steps // 20)), seed=seed,
+                      pressure_gpa=pressure_gpa, cell_dof="aniso", thermalize_ps=0.4,
+                      tau_p_fs=400.0, compressibility_per_gpa=0.01)
+    half = len(res.log["cell_a"]) // 2
+    lengths = np.array([res.log[k][half:].mean() for k in ("cell_a", "cell_b", "cell_c")])
+    cell = np.asarray(crystal.cell, np.float64)
+    scale = lengths / np.linalg.norm(cell, axis=1)
+    if isotropic:
+        scale = np.full(3, np.cbrt(np.prod(scale)))
+    dtype = np.asarray(crystal.positions).dtype
+    return crystal.replace(
+        positions=jnp.asarray(np.asarray(crystal.positions, np.float64) * scale, dtype),
+        cell=jnp.asarray(cell * scale[:, None], dtype))
 
 
 def half_melted_cell(potential: Potential, params, system: System, *,
