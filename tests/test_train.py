@@ -313,6 +313,36 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert metrics["force_mae_mev_per_a"] == pytest.approx(
         summary["best"]["force_mae_mev_per_a"], rel=1e-4)
 
+    # Per-structure rows: against a direct evaluation of each frame, and summing to the total.
+    import csv
+
+    from jaxpot.potential import energy_forces_stress
+    from jaxpot.system import System
+
+    table = tmp_path / "per_structure.csv"
+    assert cli.main(["eval", str(out / "model"), str(tmp_path / "train.xyz"),
+                     "--per-structure", str(table)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(open(table)))
+    assert [int(r["index"]) for r in rows] == list(range(7))
+    efs = energy_forces_stress(pot)
+    n_tot = mae_sum = 0.0
+    for r, atoms in zip(rows, images[1:], strict=True):
+        e, f, _ = efs(params, System.from_ase(atoms, cutoff=pot.cutoff))
+        n = len(atoms)
+        de = 1e3 * (float(e) - atoms.get_potential_energy()) / n
+        df = np.asarray(f)[:n] - atoms.get_forces()
+        assert int(r["n_atoms"]) == n and "train.xyz" in r["source"]
+        assert float(r["energy_error_mev_per_atom"]) == pytest.approx(de, abs=1e-3)
+        assert float(r["force_mae_mev_per_a"]) == pytest.approx(1e3 * np.abs(df).mean(),
+                                                                 rel=1e-4)
+        assert float(r["force_max_error_mev_per_a"]) == pytest.approx(
+            1e3 * np.linalg.norm(df, axis=1).max(), rel=1e-4)
+        n_tot += n
+        mae_sum += n * float(r["force_mae_mev_per_a"])
+    assert mae_sum / n_tot == pytest.approx(metrics["force_mae_mev_per_a"], rel=1e-4)
+    assert np.ptp([float(r["force_mae_mev_per_a"]) for r in rows]) > 0
+
     # Resuming a finished run trains no further; bad input is one clear error.
     assert cli.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == 2

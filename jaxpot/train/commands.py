@@ -91,20 +91,31 @@ def _cmd_eval(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     from jaxpot.serialization import stores_float64
 
+    if args.per_structure is not None:
+        from jaxpot.files import check_outputs
+
+        check_outputs({"--per-structure": args.per_structure},
+                      {"MODEL": args.model, "DATA.xyz": args.data})
     x64 = args.float64 or stores_float64(args.model)  # a float64 model (GAP) runs in float64
     scope = jax.enable_x64(True) if x64 else contextlib.nullcontext()
     with scope:
         metrics = evaluate_files(args.model, args.data, batch_size=args.batch_size,
                                  energy_key=args.energy_key, forces_key=args.forces_key,
-                                 stress_key=args.stress_key, devices=args.devices)
+                                 stress_key=args.stress_key, devices=args.devices,
+                                 per_structure=args.per_structure)
     print(json.dumps(metrics, indent=2, allow_nan=False))
     return 0
 
 
 def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
                    energy_key: str = "energy", forces_key: str | None = "forces",
-                   stress_key: str | None = "stress", devices: int | None = None) -> dict:
+                   stress_key: str | None = "stress", devices: int | None = None,
+                   per_structure: str | None = None) -> dict:
     """Error metrics of a model file on a labelled extxyz file (what ``jaxpot eval`` prints).
+
+    With ``per_structure`` (a CSV path) one row per structure is also written, atomically
+    (:func:`jaxpot.train.metrics.per_structure_rows`: index, source, n_atoms, energy error,
+    force MAE and largest atomic force error).
 
     Checked on the host before anything is compiled: the model's parameter arrays against the
     shapes its ``init`` gives (:func:`jaxpot.serialization.load_model`), and every element of
@@ -127,7 +138,17 @@ def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
         raise ValueError(f"{data_path}: no structures")
     for s in dataset.structures:
         check_species(potential, s.numbers, where=s.source or data_path)
-    metrics = evaluate(potential, params, dataset, batch_size=batch_size, devices=devices)
+    metrics = evaluate(potential, params, dataset, batch_size=batch_size, devices=devices,
+                       return_predictions=per_structure is not None)
+    if per_structure is not None:
+        from jaxpot.files import write_csv
+        from jaxpot.train.metrics import PER_STRUCTURE_FIELDS, per_structure_rows
+
+        metrics, predictions = metrics
+        rows = per_structure_rows(dataset, predictions)
+        write_csv(per_structure, PER_STRUCTURE_FIELDS,
+                  [[r[k] for k in PER_STRUCTURE_FIELDS] for r in rows])
+        metrics["per_structure"] = str(per_structure)
     if not dataset.has_forces:
         metrics["forces"] = (f"no force metric: no force labels in {data_path} "
                              f"(--forces-key {forces_key!r})")
@@ -199,4 +220,8 @@ def register(subparsers) -> None:
     e.add_argument("--float64", action="store_true", help="evaluate in float64")
     e.add_argument("--devices", type=int, metavar="N",
                    help="spread each batch over N devices (--batch-size a multiple of N)")
+    e.add_argument("--per-structure", metavar="OUT.csv",
+                   help="also write one CSV row per structure: index, source, n_atoms, "
+                        "energy error (meV/atom), force MAE and largest atomic force error "
+                        "(meV/Å)")
     e.set_defaults(func=_cmd_eval)

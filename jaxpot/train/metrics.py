@@ -128,9 +128,9 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
                 preds["energy_ref"].append(np.nan if s.energy is None
                                            else s.energy / s.n_atoms)
                 preds["energy_pred"].append(e[k] / s.n_atoms)
-                if s.forces is not None:
-                    preds["forces_ref"].append(s.forces)
-                    preds["forces_pred"].append(f[k, : s.n_atoms])
+                has_f = s.forces is not None
+                preds["forces_ref"].append(s.forces if has_f else np.zeros((0, 3)))
+                preds["forces_pred"].append(f[k, : s.n_atoms] if has_f else np.zeros((0, 3)))
     metrics = metrics_from_sums(totals, weights)
     if not return_predictions:
         return metrics
@@ -138,9 +138,41 @@ def evaluate(potential: Potential, params, data: Dataset | BatchLoader, *,
     out = {"index": np.asarray(preds["index"])[order],
            "energy_ref": np.asarray(preds["energy_ref"])[order],
            "energy_pred": np.asarray(preds["energy_pred"])[order]}
-    for k in ("forces_ref", "forces_pred"):
-        out[k] = np.concatenate(preds[k]) if preds[k] else np.zeros((0, 3))
+    for k in ("forces_ref", "forces_pred"):  # batches follow shape buckets: reorder
+        out[k] = (np.concatenate([preds[k][j] for j in order]) if preds[k]
+                  else np.zeros((0, 3)))
     return metrics, out
+
+
+PER_STRUCTURE_FIELDS = ("index", "source", "n_atoms", "energy_error_mev_per_atom",
+                        "force_mae_mev_per_a", "force_max_error_mev_per_a")
+
+
+def per_structure_rows(dataset: Dataset, predictions: dict) -> list[dict]:
+    """One row per structure (dataset order) from ``evaluate(..., return_predictions=True)``.
+
+    Columns (:data:`PER_STRUCTURE_FIELDS`): index, source (file and frame), n_atoms, the signed
+    energy error (prediction − reference) in meV/atom, the mean absolute force error over the
+    structure's components and the largest atomic force-error norm, meV/Å (empty cells where
+    the structure has no such label).
+    """
+    rows, start = [], 0
+    f_ref, f_pred = predictions["forces_ref"], predictions["forces_pred"]
+    for k, i in enumerate(predictions["index"]):
+        s = dataset.structures[int(i)]
+        row = {"index": int(i), "source": s.source or "", "n_atoms": s.n_atoms,
+               "energy_error_mev_per_atom": 1e3 * float(predictions["energy_pred"][k]
+                                                        - predictions["energy_ref"][k]),
+               "force_mae_mev_per_a": None, "force_max_error_mev_per_a": None}
+        if not np.isfinite(row["energy_error_mev_per_atom"]):
+            row["energy_error_mev_per_atom"] = None
+        if s.forces is not None:
+            d = f_pred[start:start + s.n_atoms] - f_ref[start:start + s.n_atoms]
+            start += s.n_atoms
+            row["force_mae_mev_per_a"] = 1e3 * float(np.abs(d).mean())
+            row["force_max_error_mev_per_a"] = 1e3 * float(np.linalg.norm(d, axis=1).max())
+        rows.append(row)
+    return rows
 
 
 def _raise_nonfinite(dataset: Dataset, idx, energies, forces) -> None:
