@@ -342,6 +342,9 @@ def test_cli_train_then_eval(tmp_path, capsys):
         mae_sum += n * float(r["force_mae_mev_per_a"])
     assert mae_sum / n_tot == pytest.approx(metrics["force_mae_mev_per_a"], rel=1e-4)
     assert np.ptp([float(r["force_mae_mev_per_a"]) for r in rows]) > 0
+    assert cli.main(["eval", str(out / "model"), str(tmp_path / "train.xyz"),
+                     "--per-structure", str(tmp_path / "train.xyz")]) == 2
+    assert "refusing to overwrite an input" in capsys.readouterr().err
 
     # Resuming a finished run trains no further; bad input is one clear error.
     assert cli.main(argv) == 0
