@@ -7,8 +7,9 @@ distributions whose ratio is the Boltzmann factor of the state-point difference,
 
 ``physical_validation.ensemble.check`` fits the slope by maximum likelihood and reports how many
 standard errors it is from the analytic one. Each state point is one ``md.simulate`` run of a
-64-atom Lennard-Jones fluid (argon units, 40 000 steps of 8 fs); samples are decorrelated by ``physical_validation``'s own statistical-inefficiency estimate. A wrong
-temperature handed to the check must fail it, so the check has power at this sample size.
+64-atom Lennard-Jones fluid (argon units, 40 000 steps of 8 fs); samples are decorrelated by
+``physical_validation``'s own statistical-inefficiency estimate. A wrong temperature handed to the
+check must fail it, so the check has power at this sample size.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 
 import numpy as np
 
@@ -136,6 +137,8 @@ class TrajectoryWriter:
         elif not append:
             with open(self.path, "w"):
                 pass
+        # closes the thread and the file even when the run fails before close() is reached
+        self._release = weakref.finalize(self, _release, self._pool, self._h5)
 
     def add(self, frames: Trajectory) -> None:
         """Queue ``frames`` (a :class:`Trajectory`) for writing; raises an earlier write error."""
@@ -174,9 +177,13 @@ class TrajectoryWriter:
         try:
             self._wait()
         finally:
-            self._pool.shutdown(wait=True)
-            if self._h5 is not None:
-                self._h5.close()
+            self._release()
+
+
+def _release(pool, h5) -> None:
+    pool.shutdown(wait=True)
+    if h5 is not None:
+        h5.close()
 
 
 class _H5MDFile:
