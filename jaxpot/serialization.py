@@ -42,8 +42,9 @@ import numpy as np
 from jaxpot.files import atomic_write
 from jaxpot.registry import from_config
 
-__all__ = ["save_model", "load_model", "read_model_info", "expected_params", "params_mismatches",
-           "nonfinite_params", "stores_float64", "atomic_write", "FORMAT", "VERSION"]
+__all__ = ["save_model", "load_model", "read_model_info", "read_model_extras", "expected_params",
+           "params_mismatches", "nonfinite_params", "stores_float64", "atomic_write", "FORMAT",
+           "VERSION"]
 
 FORMAT = "jaxpot-model"
 """Value of the ``format`` field that marks a jaxpot model file."""
@@ -142,8 +143,8 @@ def _json_default(obj):
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | None = None
-               ) -> None:
+def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | None = None,
+               extras: dict | None = None) -> None:
     """Write ``potential.config`` and ``params`` to one model file, atomically.
 
     Args:
@@ -154,6 +155,9 @@ def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | N
         ``{"term0": ..., "term1": ...}``.
       metadata: optional JSON-serialisable dict kept in the file (training data, units, notes);
         NumPy/JAX scalars and arrays are converted to numbers and lists, NaN is allowed.
+      extras: optional named trees of arrays that are not parameters of the energy but belong
+        to the model (a feature-space density, calibration factors), e.g.
+        ``{"feature_density": {...}}``; read back with :func:`read_model_extras`.
 
     Raises:
       ValueError: the config or metadata is not JSON-serialisable, or params hold something
@@ -172,13 +176,13 @@ def save_model(path: str | os.PathLike, potential, params, *, metadata: dict | N
         raise ValueError(f"save_model: config/metadata are not JSON-serialisable: {err}") from None
     try:
         encoded = _encode_tree(params)
+        fields = {"config": config_json, "metadata": metadata_json,
+                  "jaxpot_version": __version__, "params": encoded}
+        if extras:
+            fields["extras"] = _encode_tree(dict(extras), "extras")
     except TypeError as err:
         raise ValueError(f"save_model: {err}") from None
-    payload = msgpack.packb(
-        {"config": config_json, "metadata": metadata_json, "jaxpot_version": __version__,
-         "params": encoded},
-        use_bin_type=True,
-    )
+    payload = msgpack.packb(fields, use_bin_type=True)
     blob = msgpack.packb(
         {"format": FORMAT, "format_version": VERSION,
          "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload},
@@ -218,12 +222,25 @@ def _read(path: str | os.PathLike) -> dict:
         config = json.loads(inner["config"])
         metadata = json.loads(inner.get("metadata", "{}"))
         params = inner["params"]
+        extras = inner.get("extras", {})
     except Exception as err:
         raise ValueError(f"{path!r}: malformed model payload ({type(err).__name__}: {err})"
                          ) from None
     return {"format": FORMAT, "format_version": version,
             "jaxpot_version": inner.get("jaxpot_version"), "config": config,
-            "metadata": metadata, "params": params}
+            "metadata": metadata, "params": params, "extras": extras}
+
+
+def read_model_extras(path: str | os.PathLike) -> dict:
+    """The ``extras`` a model file was saved with (:func:`save_model`), as NumPy arrays; ``{}``
+    when it has none.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not a valid jaxpot model file.
+    """
+    info = _read(path)
+    return _decode_tree(info["extras"], f"{os.fspath(path)!r}: extras") or {}
 
 
 def stores_float64(path: str | os.PathLike) -> bool:
@@ -262,6 +279,7 @@ def read_model_info(path: str | os.PathLike) -> dict:
     """
     info = _read(path)
     params = _decode_tree(info.pop("params"), f"{os.fspath(path)!r}: params")
+    info["extras"] = sorted(info.pop("extras") or {})
 
     def describe(x):
         if isinstance(x, np.ndarray):
