@@ -8,8 +8,8 @@ that goes up a layer is the same knot, only hidden). The layers, from the bottom
     2  potential, serialization, data          (the potential protocol, model files, datasets)
     3  potentials, descriptors, nn             (physics terms and building blocks)
     4  models                                  (full model families)
-    5  train, md, ase, testing, jaxmd          (what runs a model)
-    6  analysis, uncertainty, active, lammps, parallel  (what builds on running models)
+    5  train, md, ase, testing, jaxmd, uncertainty  (what runs a model, and how sure it is)
+    6  analysis, active, lammps, parallel      (what builds on running models)
     7  demo, cli, __main__                     (applications)
 
 A module may import its own layer or lower ones; within a layer, the import graph must still be
@@ -32,8 +32,8 @@ LAYERS = [
     {"potential", "serialization", "data"},
     {"potentials", "descriptors", "nn"},
     {"models"},
-    {"train", "md", "ase", "testing", "jaxmd"},
-    {"analysis", "uncertainty", "active", "lammps", "parallel"},
+    {"train", "md", "ase", "testing", "jaxmd", "uncertainty"},
+    {"analysis", "active", "lammps", "parallel"},
     {"demo", "cli", "__main__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
