@@ -41,6 +41,7 @@ FAMILIES: dict[str, str] = {
     "mace": "jaxpot.models.mace",
     "bpnn": "jaxpot.models.bpnn",
     "gap": "jaxpot.models.gap",
+    "ensemble": "jaxpot.models.ensemble",
     "hybrid": "jaxpot.models.hybrid",
     "coulomb": "jaxpot.potentials.coulomb",
     "born_mayer_huggins": "jaxpot.potentials.bmh",

@@ -3,6 +3,8 @@
 - :func:`nequip` (:class:`NequIPConfig`): E(3)-equivariant message passing (Batzner et al. 2022).
 - :func:`mace` (:class:`MACEConfig`): higher body order via symmetric contractions
   (Batatia et al. 2022).
+- :func:`ensemble`: K stacked copies of a family, evaluated in one vmapped call, with the
+  members' spread as per-atom outputs.
 
 Both map one structure to Σ atomic energies; :func:`atomic_energies` gives the per-atom terms.
 """
@@ -14,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxpot.models.bpnn import BPNNConfig, bpnn, fit_standardisation
+from jaxpot.models.ensemble import ensemble, member_predictions
 from jaxpot.models.gap import GAPConfig, fit_gap, gap, gap_predict
 from jaxpot.models.mace import MACEConfig, mace, mace_atomic_energies
 from jaxpot.models.nequip import NequIPConfig, nequip, nequip_atomic_energies
@@ -23,6 +26,8 @@ __all__ = [
     "BPNNConfig",
     "GAPConfig",
     "bpnn",
+    "ensemble",
+    "member_predictions",
     "fit_gap",
     "fit_standardisation",
     "gap",

@@ -21,6 +21,8 @@ import json
 import sys
 import time
 
+import numpy as np
+
 __all__ = ["register", "load_config", "evaluate_files"]
 
 
@@ -67,6 +69,7 @@ def _cmd_train(args) -> int:
         "check_outliers": False if args.no_outlier_check else None,
         "long_range": getattr(args, "long_range", None), "charges": getattr(args, "charges", None),
         "dispersion": getattr(args, "dispersion", None), "devices": args.devices,
+        "ensemble": args.ensemble,
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -141,18 +144,69 @@ def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
     metrics = evaluate(potential, params, dataset, batch_size=batch_size, devices=devices,
                        return_predictions=per_structure is not None)
     if per_structure is not None:
-        from jaxpot.files import write_csv
-        from jaxpot.train.metrics import PER_STRUCTURE_FIELDS, per_structure_rows
-
         metrics, predictions = metrics
-        rows = per_structure_rows(dataset, predictions)
-        write_csv(per_structure, PER_STRUCTURE_FIELDS,
-                  [[r[k] for k in PER_STRUCTURE_FIELDS] for r in rows])
+    spread = _uncertainty(potential, params, dataset, model_path)
+    if spread is not None:
+        metrics["uncertainty"] = spread[0]
+    if per_structure is not None:
+        _write_per_structure(per_structure, dataset, predictions,
+                             None if spread is None else spread[1])
         metrics["per_structure"] = str(per_structure)
     if not dataset.has_forces:
         metrics["forces"] = (f"no force metric: no force labels in {data_path} "
                              f"(--forces-key {forces_key!r})")
     return metrics
+
+
+def _uncertainty(potential, params, dataset, model_path: str):
+    """``(summary metrics, per-structure rows)`` of a model that states a spread, else None."""
+    from jaxpot.uncertainty.calibration import uncertainty_metrics
+    from jaxpot.uncertainty.evaluate import structure_uncertainty
+    from jaxpot.uncertainty.spread import has_spread
+
+    if not has_spread(potential):
+        return None
+    score = _feature_score(potential, model_path)
+    rows = structure_uncertainty(potential, params, dataset.structures, score=score)
+    summary = uncertainty_metrics(rows)
+    if score is not None:
+        from jaxpot.uncertainty.calibration import auroc, spearman
+
+        maha = np.array([float(np.max(r["mahalanobis"])) for r in rows])
+        mae = np.array([np.mean(np.abs(r["force_error"])) if r["force_error"] is not None
+                        else np.nan for r in rows])
+        ok = np.isfinite(mae)
+        summary["mahalanobis_spearman_structure"] = spearman(maha[ok], mae[ok])
+        summary["mahalanobis_auroc_high_error"] = auroc(maha[ok], mae[ok] > np.median(mae[ok]))
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in summary.items()}, rows
+
+
+def _feature_score(potential, model_path: str):
+    """The Mahalanobis score of the model file's feature density, or None without one."""
+    from jaxpot.serialization import read_model_extras
+
+    extras = read_model_extras(model_path)
+    if "feature_density" not in extras:
+        return None
+    from jaxpot.uncertainty.distance import FeatureDensity, mahalanobis
+
+    return mahalanobis(potential, FeatureDensity.from_tree(extras["feature_density"]))
+
+
+def _write_per_structure(path: str, dataset, predictions, spread_rows) -> None:
+    from jaxpot.files import write_csv
+    from jaxpot.train.metrics import PER_STRUCTURE_FIELDS, per_structure_rows
+
+    rows = per_structure_rows(dataset, predictions)
+    fields = list(PER_STRUCTURE_FIELDS)
+    if spread_rows is not None:
+        from jaxpot.uncertainty.evaluate import UNCERTAINTY_FIELDS, uncertainty_columns
+
+        fields += list(UNCERTAINTY_FIELDS)
+        for r in rows:
+            r.update(uncertainty_columns(spread_rows[r["index"]]))
+    write_csv(path, fields, [[r[k] for k in fields] for r in rows])
 
 
 def register(subparsers) -> None:
@@ -176,6 +230,9 @@ def register(subparsers) -> None:
     p.add_argument("--time-budget-min", type=float, metavar="M",
                    help="wall-time budget of the whole run in minutes (compilation included)")
     p.add_argument("--seed", type=int, help="seed for split, initialisation and shuffling")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="train K members together in one compiled step (seeds seed..seed+K-1); "
+                        "the model reports their spread as its uncertainty")
     p.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
     p.add_argument("--devices", type=int, metavar="N",
                    help="data-parallel training on N devices (default: all visible devices "

@@ -15,7 +15,8 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "keep_incomplete": "--keep-incomplete",
          "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
          "check_outliers": "--no-outlier-check", "long_range": "--long-range",
-         "charges": "--charges", "dispersion": "--dispersion", "devices": "--devices"}
+         "charges": "--charges", "dispersion": "--dispersion", "devices": "--devices",
+         "ensemble": "--ensemble"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -83,6 +84,11 @@ class TrainConfig:
       devices: data-parallel training on this many devices (the first of ``jax.devices()``;
         batch sizes must be multiples of it); None: all devices, as many as divide the batch
         sizes (see :mod:`jaxpot.train.sharding`).
+      ensemble: train this many copies of the model together, from seeds ``seed, seed+1, ...``
+        (a :func:`jaxpot.models.ensemble`; 1 = a single model). All members train in one
+        vmapped step (one compile); each minimises its own loss; the validation metrics and
+        the saved model's energy are the committee mean, and its spread is the model's
+        uncertainty, calibrated on the validation set after training.
     """
 
     train: str | None = None
@@ -127,6 +133,7 @@ class TrainConfig:
     charges: dict | str | None = None
     dispersion: str = "none"
     devices: int | None = None
+    ensemble: int = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -155,7 +162,8 @@ class TrainConfig:
         """
         for k, lo, hi, lo_open, none_ok in _RANGES:
             _check_range(k, getattr(self, k), lo, hi, lo_open, none_ok)
-        for k in ("batch_size", "eval_batch_size", "epochs", "patience", "seed", "max_shapes"):
+        for k in ("batch_size", "eval_batch_size", "epochs", "patience", "seed", "max_shapes",
+                  "ensemble"):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or int(v) != v):
                 raise ValueError(f"{_name(k)} must be an integer, got {v!r}")
@@ -206,6 +214,7 @@ _RANGES = (
     ("seed", 0, math.inf, False, False),
     ("max_shapes", 1, math.inf, False, False),
     ("devices", 1, math.inf, False, True),
+    ("ensemble", 1, 64, False, False),
 )
 
 

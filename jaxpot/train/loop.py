@@ -683,6 +683,10 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
     fp, train_set, valid_set, stats = _prepare_run(config, resume, budget)
     model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff, stats=stats)
     if model.fit is not None:  # fitted in closed form (e.g. gap), not by gradient descent
+        if config.ensemble > 1:
+            raise ValueError(f"training option 'ensemble' (--ensemble) is for gradient-trained "
+                             f"models; {config.model!r} is fitted in closed form and reports "
+                             "its own variance")
         from jaxpot.train.closed_form import train_closed_form
 
         return train_closed_form(config, model, train_set, valid_set, stats, budget=budget)
@@ -753,7 +757,10 @@ def _prepare_run(config: TrainConfig, resume: bool, budget: TimeBudget):
 def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
                     ckpt: Checkpointer, resume: bool):
     """``(potential, params, frozen)`` for :func:`fit`: the checkpoint's model when resuming,
-    else ``model`` initialised, prepared (its declared ``prepare``) and given element refs."""
+    else ``model`` initialised, prepared (its declared ``prepare``) and given element refs;
+    with ``config.ensemble`` = K > 1, K such members from seeds ``seed .. seed+K-1``, stacked
+    into a :func:`~jaxpot.models.ensemble`."""
+    from jaxpot.models.ensemble import ensemble, ensemble_parts, stack_params
     from jaxpot.potential import from_config
     from jaxpot.train.model_setup import SHIFT_KEY, has_atomic_offsets
 
@@ -761,19 +768,49 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
         potential = from_config(_checkpoint_potential(ckpt))
         params = potential.init(jax.random.key(config.seed), train_set[0].system())
     else:
-        params = model.init(jax.random.key(config.seed), train_set[0].system())
-        if model.prepare is not None:  # data-dependent setup (e.g. bpnn standardisation)
-            params = model.prepare(params, train_set)
-        potential, params = attach_element_refs(model, params, stats,
-                                                trainable=config.trainable_refs)
+        members = [_member(config, model, train_set, stats, config.seed + k)
+                   for k in range(config.ensemble)]
+        potential, params = members[0]
+        if config.ensemble > 1:
+            potential = ensemble(potential, config.ensemble)
+            params = stack_params([p for _, p in members])
     if potential.cutoff > config.cutoff + 1e-9:
         raise ValueError(f"model cutoff {potential.cutoff} Å exceeds the data cutoff "
                          f"{config.cutoff} Å (--cutoff)")
+    parts = ensemble_parts(potential)
+    single = parts[0] if parts is not None else potential
+    one = params if parts is None else jax.tree.map(lambda x: x[0], params)
     frozen = None
-    if (potential.config.get("name") != "with_element_refs" and has_atomic_offsets(params)
+    if (single.config.get("name") != "with_element_refs" and has_atomic_offsets(one)
             and not config.trainable_refs):
         frozen = [(SHIFT_KEY,)]
     return potential, params, frozen
+
+
+def _member(config: TrainConfig, model: Potential, train_set, stats, seed: int):
+    """One freshly initialised, prepared model with element refs: ``(potential, params)``."""
+    params = model.init(jax.random.key(seed), train_set[0].system())
+    if model.prepare is not None:  # data-dependent setup (e.g. bpnn standardisation)
+        params = model.prepare(params, train_set)
+    return attach_element_refs(model, params, stats, trainable=config.trainable_refs)
+
+
+def _calibrated(potential: Potential, params, valid_set, budget: TimeBudget) -> Potential:
+    """An ensemble with its spreads calibrated on the validation set (other models as given)."""
+    from jaxpot.models.ensemble import ensemble, ensemble_parts
+    from jaxpot.uncertainty.evaluate import calibrate, structure_uncertainty
+
+    parts = ensemble_parts(potential)
+    if parts is None or len(valid_set) == 0:
+        return potential
+    if budget.limited and not budget.fits(5.0):
+        _log("time budget spent: ensemble spreads left uncalibrated")
+        return potential
+    factors = calibrate(structure_uncertainty(potential, params, valid_set.structures,
+                                              calibration={"energy": 1.0, "forces": 1.0}))
+    _log(f"ensemble spreads calibrated on {len(valid_set)} validation structures: energy "
+         f"x{factors['energy']:.3g}, forces x{factors['forces']:.3g}")
+    return ensemble(parts[0], parts[1], calibration=factors)
 
 
 def _checkpoint_potential(ckpt: Checkpointer) -> dict:
@@ -820,6 +857,7 @@ def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
             f"The state is checkpointed in {config.out}: run again "
             "with a larger --time-budget-min to continue, or pass --keep-incomplete to write "
             "the unvalidated model")
+    potential = _calibrated(potential, result.params, valid_set, budget)
     model_path = _save(config, potential, result.params, result.best, stats,
                        result.stop_reason if result.best else "incomplete")
     if config.plots and budget.limited and not budget.fits(1.0):

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpot.data import Batch, Statistics
+from jaxpot.models.ensemble import ensemble_parts
 from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
 from jaxpot.potentials.offsets import element_refs_table, with_element_refs
 
@@ -144,9 +145,21 @@ def loss_terms(energy, forces, stress, batch: Batch) -> dict:
 def make_loss_fn(potential: Potential, weights: LossWeights):
     """``(params, batch) -> (loss, terms)`` for a batched :class:`~jaxpot.data.Batch`.
 
-    Stress is only computed when ``weights.stress > 0``.
+    Stress is only computed when ``weights.stress > 0``. For an ensemble
+    (:func:`jaxpot.models.ensemble`) the loss is the sum of the members' own losses, vmapped
+    over the stacked params: each member's gradient is the one it would have alone, so the
+    members train independently in one compiled step; the terms are the members' means.
     """
     weights = LossWeights(*map(float, weights))
+    parts = ensemble_parts(potential)
+    if parts is not None:
+        single = make_loss_fn(parts[0], weights)
+
+        def ensemble_loss(params, batch: Batch):
+            losses, terms = jax.vmap(single, in_axes=(0, None))(params, batch)
+            return jnp.sum(losses), jax.tree.map(lambda t: jnp.mean(t, axis=0), terms)
+
+        return ensemble_loss
 
     def loss_fn(params, batch: Batch):
         e, f, s = predict(potential, params, batch.system, stress=weights.stress > 0)
