@@ -51,6 +51,7 @@ from jaxpot.system import (
     pad_arrays,
     validate_arrays,
 )
+from jaxpot.uncertainty.spread import spread_fn
 
 __all__ = ["Calculator", "clear_cache"]
 
@@ -89,16 +90,21 @@ def _model_key(potential: Potential) -> tuple:
 
 
 def _evaluate(potential: Potential, dtype_name: str, with_atomic: bool):
-    """The shared jitted ``(params, system) -> {"energy", "forces", "stress", ...}``."""
+    """The shared jitted ``(params, system) -> {"energy", "forces", "stress", ...}`` (with
+    ``energy_std`` and ``forces_std`` for a model that states a spread)."""
     key = (_model_key(potential), dtype_name, with_atomic)
     fn = _FUNCTIONS.get(key)
     if fn is None:
         efs = energy_forces_stress(potential)
         atomic = atomic_outputs(potential) if with_atomic else None
+        spread = spread_fn(potential)
 
         def evaluate(params, system):
             energy, forces, stress = efs(params, system)
             out = {"energy": energy, "forces": forces, "stress": stress}
+            if spread is not None:
+                sp = spread(params, system)
+                out.update(energy_std=sp["energy_std"], forces_std=sp["forces_std"])
             if atomic is not None:
                 out.update({f"atomic_{k}": v for k, v in atomic(params, system).items()
                             if k in ("energy", "charges")})
@@ -135,6 +141,11 @@ class Calculator(_AseCalculator):
     declares per-atom outputs (``potential.atomic``), ``energies`` (``[n_atoms]`` eV) and
     ``charges`` (``[n_atoms]`` e, if ``"charges" in potential.outputs``).
 
+    A model that states its uncertainty (an ensemble, GAP: see :mod:`jaxpot.uncertainty`) also
+    puts ``energy_std`` (eV, total energy) and ``forces_std`` (``[n_atoms]`` eV/Å, per atom,
+    calibrated) into ``calc.results`` at every calculation; with a feature density (a model
+    file that holds one, or ``feature_density=``) ``mahalanobis`` (``[n_atoms]``) too.
+
     Args:
       potential: the potential.
       params: its parameters; default ``potential.init(jax.random.key(0), system)`` on the
@@ -144,6 +155,8 @@ class Calculator(_AseCalculator):
       skin: Verlet skin, Å: edges are built for ``cutoff + skin`` and reused while no atom
         has moved more than ``skin / 2`` (0 rebuilds at every call).
       min_atoms, min_edges: smallest bucket sizes (padding targets grow by 25 % per bucket).
+      feature_density: a :class:`jaxpot.uncertainty.distance.FeatureDensity` of the training
+        set's atomic features (:meth:`from_file` reads the model file's).
 
     Attributes:
       potential, params: as given.
@@ -168,7 +181,7 @@ class Calculator(_AseCalculator):
     nolabel = True
 
     def __init__(self, potential: Potential, params=None, *, dtype=None, skin: float = 0.5,
-                 min_atoms: int = 8, min_edges: int = 64, **kwargs):
+                 min_atoms: int = 8, min_edges: int = 64, feature_density=None, **kwargs):
         if not isinstance(potential, Potential):
             raise TypeError(f"Calculator needs a jaxpot Potential, got {type(potential).__name__}")
         if not (np.isfinite(skin) and skin >= 0):
@@ -182,8 +195,17 @@ class Calculator(_AseCalculator):
         self._shapes: set[tuple[int, int]] = set()
         self._edges: dict | None = None
         self.n_neighbor_builds = 0
+        self._density = feature_density
+        self._score = self._score_fn()
         super().__init__(**kwargs)
         self.implemented_properties = self._properties(potential)
+
+    def _score_fn(self):
+        if self._density is None:
+            return None
+        from jaxpot.uncertainty.distance import mahalanobis
+
+        return jax.jit(mahalanobis(self.potential, self._density))
 
     @staticmethod
     def _properties(potential: Potential) -> list[str]:
@@ -197,7 +219,14 @@ class Calculator(_AseCalculator):
     @classmethod
     def from_file(cls, path, **kwargs) -> Calculator:
         """A calculator for a model file written by :func:`jaxpot.save_model`."""
+        from jaxpot.serialization import read_model_extras
+
         potential, params = load_model(path)
+        extras = read_model_extras(path)
+        if "feature_density" in extras and "feature_density" not in kwargs:
+            from jaxpot.uncertainty.distance import FeatureDensity
+
+            kwargs["feature_density"] = FeatureDensity.from_tree(extras["feature_density"])
         return cls(potential, params, **kwargs)
 
     # ------------------------------------------------------------------ parameters
@@ -230,7 +259,7 @@ class Calculator(_AseCalculator):
                 f"cannot pickle a Calculator for potential {config.get('name')!r}: it is not "
                 "registered, so it could not be rebuilt from its config") from None
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("potential", "_params", "_edges")}
+                 if k not in ("potential", "_params", "_edges", "_score")}
         state["potential_config"] = json.loads(json.dumps(config, default=_json_default))
         state["params_numpy"] = (None if self._params is None
                                  else jax.tree.map(np.asarray, self._params))
@@ -245,6 +274,7 @@ class Calculator(_AseCalculator):
         self.potential = potential
         self._params = params
         self._edges = None
+        self._score = self._score_fn()
 
     # ------------------------------------------------------------------ evaluation
     def system(self, atoms) -> System:
@@ -322,6 +352,8 @@ class Calculator(_AseCalculator):
         fn = _evaluate(self.potential, np.dtype(system.positions.dtype).name, with_atomic)
         self._shapes.add((system.n_atoms, system.n_edges))
         out = jax.device_get(fn(self._params, system))
+        if self._score is not None:
+            out["mahalanobis"] = jax.device_get(self._score(self._params, system))
         self.results = self._results(atoms, out, has_volume)
 
     def _results(self, atoms, out: dict, has_volume: bool) -> dict:
@@ -338,6 +370,11 @@ class Calculator(_AseCalculator):
             results["energies"] = np.asarray(out["atomic_energy"], np.float64)[:n].copy()
         if "atomic_charges" in out:
             results["charges"] = np.asarray(out["atomic_charges"], np.float64)[:n].copy()
+        if "energy_std" in out:
+            results["energy_std"] = float(out["energy_std"])
+        for k in ("forces_std", "mahalanobis"):
+            if k in out:
+                results[k] = np.asarray(out[k], np.float64)[:n].copy()
         return results
 
 

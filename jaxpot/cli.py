@@ -47,9 +47,10 @@ __all__ = ["main", "build_parser", "PLUGINS", "LOG_COLUMNS", "EXIT_CODES", "RunF
            "md_summary", "enable_compile_cache", "compile_cache_dir"]
 
 PLUGINS = ("jaxpot.train.commands", "jaxpot.md.commands", "jaxpot.analysis.commands",
-           "jaxpot.parallel.commands", "jaxpot.lammps.commands", "jaxpot.demo")
+           "jaxpot.parallel.commands", "jaxpot.lammps.commands", "jaxpot.active.commands",
+           "jaxpot.demo")
 """Optional modules whose ``register(subparsers)`` adds subcommands (train, eval, relax,
-properties, export, lammps, demo); a module that is absent is skipped."""
+properties, export, lammps, active, demo); a module that is absent is skipped."""
 
 LOG_COLUMNS = ("step", "time_fs", "potential_energy_ev", "kinetic_energy_ev", "total_energy_ev",
                "temperature_k")

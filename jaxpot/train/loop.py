@@ -696,6 +696,8 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
                        _json(config.to_dict()).encode())
     # Kept free after the loop for writing the model (plus a measured checkpoint-sized write).
     reserve_s = 0.0 if not budget.limited else max(2.0, 0.01 * budget.seconds)
+    if config.ensemble > 1 and budget.limited:  # calibrating the spreads after the loop
+        reserve_s = max(reserve_s, 0.05 * budget.seconds)
     try:
         result = fit(potential, params, train_set, valid_set, config, stats=stats,
                      frozen=frozen, checkpointer=ckpt, resume=resume,
@@ -795,6 +797,9 @@ def _member(config: TrainConfig, model: Potential, train_set, stats, seed: int):
     return attach_element_refs(model, params, stats, trainable=config.trainable_refs)
 
 
+_CALIBRATION_FRAMES = 64  # validation structures the ensemble's spreads are calibrated on
+
+
 def _calibrated(potential: Potential, params, valid_set, budget: TimeBudget) -> Potential:
     """An ensemble with its spreads calibrated on the validation set (other models as given)."""
     from jaxpot.models.ensemble import ensemble, ensemble_parts
@@ -806,9 +811,10 @@ def _calibrated(potential: Potential, params, valid_set, budget: TimeBudget) -> 
     if budget.limited and not budget.fits(5.0):
         _log("time budget spent: ensemble spreads left uncalibrated")
         return potential
-    factors = calibrate(structure_uncertainty(potential, params, valid_set.structures,
+    frames = valid_set.structures[:_CALIBRATION_FRAMES]
+    factors = calibrate(structure_uncertainty(potential, params, frames,
                                               calibration={"energy": 1.0, "forces": 1.0}))
-    _log(f"ensemble spreads calibrated on {len(valid_set)} validation structures: energy "
+    _log(f"ensemble spreads calibrated on {len(frames)} validation structures: energy "
          f"x{factors['energy']:.3g}, forces x{factors['forces']:.3g}")
     return ensemble(parts[0], parts[1], calibration=factors)
 

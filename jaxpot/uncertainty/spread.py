@@ -114,8 +114,9 @@ def force_std_observer(potential: Potential, params, calibration: dict | None = 
     std = atom_force_std(potential, calibration)
 
     def observe(state, output):
-        s = std(params, state.system)
-        mask = state.system.atom_mask
+        system = output.neighbors.attach(state.system)  # the state's system carries no edges
+        s = std(params, system)
+        mask = system.atom_mask
         n = jnp.maximum(jnp.sum(mask), 1)
         return {"max_force_std": jnp.max(jnp.where(mask, s, 0.0)),
                 "mean_force_std": jnp.sum(jnp.where(mask, s, 0.0)) / n}
