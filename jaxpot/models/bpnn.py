@@ -256,16 +256,30 @@ class _BPNN:
             "descriptor_std": jnp.ones((s, f), dtype),
         }
 
-    def atomic_energies(self, params, system: System) -> jax.Array:
-        idx, unknown = species_index(self.table, system.species, system.atom_mask)
+    def _standardised(self, params, system: System, idx) -> jax.Array:
         g = self.descriptors(system)
         mean = jax.lax.stop_gradient(params["descriptor_mean"])[idx]
         std = jax.lax.stop_gradient(params["descriptor_std"])[idx]
-        x = (g - mean) / std
+        return (g - mean) / std
+
+    def _energies(self, params, system: System, x, idx, unknown) -> jax.Array:
         out = self.net.apply({"params": params["net"]}, x, idx)
         e = out * params["atomic_scale"][idx] + params["atomic_shift"][idx]
         e = jnp.where(system.atom_mask, e, 0.0)
         return jnp.where(unknown, jnp.nan, e)
+
+    def atomic_energies(self, params, system: System) -> jax.Array:
+        idx, unknown = species_index(self.table, system.species, system.atom_mask)
+        x = self._standardised(params, system, idx)
+        return self._energies(params, system, x, idx, unknown)
+
+    def atomic(self, params, system: System) -> dict:
+        """Atomic energies ``[n_atoms]`` eV and standardised descriptors ``[n_atoms, F]``."""
+        idx, unknown = species_index(self.table, system.species, system.atom_mask)
+        x = self._standardised(params, system, idx)
+        feats = jnp.where(system.atom_mask[:, None], x, 0.0)
+        return {"energy": self._energies(params, system, x, idx, unknown),
+                "features": jnp.where(unknown[:, None], jnp.nan, feats)}
 
     def energy(self, params, system: System) -> jax.Array:
         return jnp.sum(self.atomic_energies(params, system))
@@ -296,9 +310,11 @@ def bpnn(config: BPNNConfig | dict | None = None, **overrides) -> Potential:
       A :class:`~jaxpot.Potential` whose ``energy(params, system)`` is Σ atomic energies in eV
       (jit/vmap/grad compatible); ``config = {"name": "bpnn", "kwargs": {...}}``. Model
       protocol: ``species`` (atomic numbers), ``atomic(params, system)`` →
-      ``{"energy": [n_atoms] eV}``, and ``prepare(params, train_set)`` → params with the
-      descriptor standardisation fitted on the training structures (:func:`prepare`), which
-      :func:`jaxpot.train.train` runs once before gradient training.
+      ``{"energy": [n_atoms] eV, "features": [n_atoms, F]}`` (the standardised descriptors
+      ``x_i``, 0 on padding atoms; for :mod:`jaxpot.uncertainty.distance`), and
+      ``prepare(params, train_set)`` → params with the descriptor standardisation fitted on
+      the training structures (:func:`prepare`), which :func:`jaxpot.train.train` runs once
+      before gradient training.
 
     Example:
       >>> from ase.build import bulk
@@ -313,8 +329,7 @@ def bpnn(config: BPNNConfig | dict | None = None, **overrides) -> Potential:
     model = _BPNN(cfg)
     pot = Potential(model.init, model.energy, cfg.cutoff,
                     {"name": "bpnn", "kwargs": cfg.to_dict()},
-                    atomic=lambda params, system: {"energy": model.atomic_energies(params, system)},
-                    outputs=("energy",),
+                    atomic=model.atomic, outputs=("energy", "features"),
                     species=tuple(int(z) for z in np.flatnonzero(model.table >= 0)))
 
     def prepare_params(params, train_set):

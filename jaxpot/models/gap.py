@@ -251,7 +251,8 @@ def _energy_fn(kern: _Kernel):
 
 def _atomic_fn(kern: _Kernel):
     def atomic(params, system: System) -> dict:
-        """Atomic energies ``[n_atoms]`` eV and their latent variances ``[n_atoms]`` eV²."""
+        """Atomic energies ``[n_atoms]`` eV, their latent variances ``[n_atoms]`` eV² and the
+        normalised SOAP vectors ``p̂_i`` ``[n_atoms, F]`` (the ``"features"``, 0 on padding)."""
         idx, unknown = species_index(kern.table, system.species, system.atom_mask)
         p = kern.descriptors(system)
         same = kern._same(system, params["sparse_species"])
@@ -267,7 +268,8 @@ def _atomic_fn(kern: _Kernel):
         var = jnp.maximum(d2 - jnp.sum(a * a, 0) + jnp.sum(b * b, 0), 0.0)
         var = jnp.where(system.atom_mask, var, 0.0)
         nan = jnp.where(unknown, jnp.nan, 0.0)
-        return {"energy": energy + nan, "variance": var + nan}
+        feats = jnp.where(system.atom_mask[:, None], p, 0.0) + nan[:, None]
+        return {"energy": energy + nan, "variance": var + nan, "features": feats}
 
     return atomic
 
@@ -288,8 +290,9 @@ def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
       factors of ``K_MM`` and ``A``) and ``delta2`` (δ², eV²).
 
       Model protocol: ``species`` (atomic numbers of the config), ``atomic(params, system)``
-      → ``{"energy": [n_atoms] eV, "variance": [n_atoms] eV²}`` (posterior mean and latent
-      variance of each atomic energy), and the closed-form
+      → ``{"energy": [n_atoms] eV, "variance": [n_atoms] eV², "features": [n_atoms, F]}``
+      (posterior mean and latent variance of each atomic energy, and the normalised SOAP
+      vector ``p̂_i``, 0 on padding), and the closed-form
       ``fit(structures, *, refs=None, deadline=None, verbose=False, seed=None)`` →
       ``(potential, params, info)`` (:func:`fit_gap` with this config), which
       :func:`jaxpot.train.train` runs instead of gradient training.
@@ -307,7 +310,7 @@ def gap(config: GAPConfig | dict | None = None, **overrides) -> Potential:
         return fit_gap(structures, cfg, refs=refs, deadline=deadline, verbose=verbose, **extra)
 
     return Potential(init, _energy_fn(kern), cfg.cutoff, {"name": "gap", "kwargs": cfg.to_dict()},
-                     atomic=_atomic_fn(kern), outputs=("energy", "variance"),
+                     atomic=_atomic_fn(kern), outputs=("energy", "variance", "features"),
                      species=tuple(int(z) for z in np.flatnonzero(kern.table >= 0)), fit=fit)
 
 

@@ -18,6 +18,8 @@ Architecture (per structure, one unbatched :class:`~jaxpot.System`):
 3. Each layer's scalars are read out (linear for inner layers, linear → silu → linear for the
    last) and summed into one normalised number per atom, then scaled and shifted per species
    (``params["atomic_scale"]``, ``params["atomic_shift"]``, see :mod:`jaxpot.nn.atomic`).
+   The last readout's silu activations (``[n_atoms, readout_hidden]``) are the model's
+   per-atom ``"features"`` (``potential.atomic(params, system)["features"]``).
 
 Parity conventions are those of :mod:`jaxpot.models.nequip` (``parity=False``: SO(3) only).
 
@@ -118,10 +120,15 @@ class MACELayer(nn.Module):
 class MACENet(nn.Module):
     """Per-atom normalised outputs of MACE for one structure.
 
+    Per-atom features: the last layer's readout silu activations ``[n_atoms,
+    readout_hidden]`` (invariant) are sown as ``("intermediates", "features")``; they are the
+    ``"features"`` of the model protocol (:mod:`jaxpot.nn.atomic`).
+
     Attributes:
       config: a validated :class:`MACEConfig`.
     """
 
+    sows_features = True
     config: MACEConfig
 
     @nn.compact
@@ -150,6 +157,7 @@ class MACENet(nn.Module):
             if last:
                 s = e3nn.flax.Linear(f"{cfg.readout_hidden}x0e", name=f"readout_{i}_hidden")(s)
                 s = e3nn.IrrepsArray(s.irreps, jax.nn.silu(s.array))
+                self.sow("intermediates", "features", s.array)
             energy = energy + e3nn.flax.Linear("1x0e", name=f"readout_{i}")(s).array[:, 0]
         return energy
 

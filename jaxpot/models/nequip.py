@@ -12,6 +12,9 @@ Architecture (per structure, one unbatched :class:`~jaxpot.System`):
    gated nonlinearity (``silu`` on even scalars, ``tanh`` on odd ones, sigmoid gates).
 3. Readout of the scalar channels: linear → silu → linear to one normalised number per atom,
    then per-species ``atomic_scale`` and ``atomic_shift`` (params, see :mod:`jaxpot.nn.atomic`).
+   The silu activations (``[n_atoms, readout_hidden]``, invariant) are the model's per-atom
+   ``"features"`` (``potential.atomic(params, system)["features"]``), used for distances in
+   feature space (:mod:`jaxpot.uncertainty.distance`).
 
 Parity: with ``parity=True`` (default) features carry O(3) parities, the spherical harmonics
 have parity ``(-1)^l`` and the energy is invariant under rotations *and* reflections. With
@@ -168,10 +171,15 @@ class NequIPLayer(nn.Module):
 class NequIPNet(nn.Module):
     """Per-atom normalised outputs of NequIP for one structure.
 
+    Per-atom features: the ``readout_hidden`` silu activations ``[n_atoms, readout_hidden]``
+    (invariant last-layer scalars) are sown as ``("intermediates", "features")``; they are the
+    ``"features"`` of the model protocol (:mod:`jaxpot.nn.atomic`).
+
     Attributes:
       config: a validated :class:`NequIPConfig`.
     """
 
+    sows_features = True
     config: NequIPConfig
 
     @nn.compact
@@ -196,6 +204,7 @@ class NequIPNet(nn.Module):
         s = h.filter(keep="0e")
         s = e3nn.flax.Linear(f"{cfg.readout_hidden}x0e", name="readout_hidden")(s)
         s = e3nn.IrrepsArray(s.irreps, jax.nn.silu(s.array))
+        self.sow("intermediates", "features", s.array)
         return e3nn.flax.Linear("1x0e", name="readout_out")(s).array[:, 0]
 
 

@@ -15,6 +15,12 @@ of force components). Param layout::
         "atomic_shift": [n_species],     # eV
     }
 
+Per-atom features: a network that calls ``self.sow("intermediates", "features", x)`` with
+``x`` ``[n_atoms, F]`` invariant features (and sets the class attribute
+``sows_features = True``) also gets ``"features"`` in the model protocol's ``atomic`` output
+(:meth:`AtomicModel.features`). Sowing is a no-op in a plain ``apply``, so energies are the
+same, bit for bit, whether or not a network sows.
+
 Padding atoms get ``E_i = 0``; a real atom of an element the model does not know raises
 ``ValueError`` when evaluated eagerly and gives ``NaN`` under ``jit`` (see
 :mod:`jaxpot.nn.embedding`).
@@ -60,11 +66,16 @@ class AtomicModel:
         self.scale = float(scale)
         self.shift = float(shift)
 
-    def _apply(self, net_params, system: System, idx):
+    def _apply(self, net_params, system: System, idx, **kwargs):
         return self.net.apply(
             {"params": net_params}, system.edge_vectors(), system.edge_mask, idx,
-            system.senders, system.receivers,
+            system.senders, system.receivers, **kwargs,
         )
+
+    @property
+    def sows_features(self) -> bool:
+        """Whether the network sows per-atom ``"features"`` (see the module docstring)."""
+        return bool(getattr(self.net, "sows_features", False))
 
     def init(self, key: jax.Array, system: System):
         """Params for ``system``'s dtype (see the module docstring for the layout)."""
@@ -95,19 +106,48 @@ class AtomicModel:
         """Total energy in eV (scalar)."""
         return jnp.sum(self.atomic_energies(params, system))
 
+    def _energies_and_features(self, params, system: System):
+        idx, unknown = species_index(self.table, system.species, system.atom_mask)
+        out, state = self._apply(params["net"], system, idx, mutable=["intermediates"])
+        e = out * params["atomic_scale"][idx] + params["atomic_shift"][idx]
+        e = jnp.where(unknown, jnp.nan, jnp.where(system.atom_mask, e, 0.0))
+        sown = state["intermediates"]["features"]
+        x = sown[-1] if isinstance(sown, tuple) else sown
+        x = jnp.where(system.atom_mask[:, None], x, 0.0)
+        return e, jnp.where(unknown[:, None], jnp.nan, x)
+
+    def features(self, params, system: System) -> jax.Array:
+        """``[n_atoms, F]`` invariant per-atom features sown by the network (last sown value).
+
+        0 on padding atoms, NaN on atoms of unknown species (under ``jit``).
+
+        Raises:
+          ValueError: the network sows no features.
+        """
+        if not self.sows_features:
+            raise ValueError(f"{type(self.net).__name__} sows no per-atom features")
+        return self._energies_and_features(params, system)[1]
+
     def protocol(self) -> dict:
         """The model-protocol fields of :class:`~jaxpot.Potential` this network provides.
 
-        ``atomic`` returns ``{"energy": [n_atoms]}``; ``species`` lists the atomic numbers of
-        the table (None when the table holds all 118 elements).
+        ``atomic`` returns ``{"energy": [n_atoms]}``, plus ``"features"`` ``[n_atoms, F]`` when
+        the network sows them (one forward pass gives both); ``species`` lists the atomic
+        numbers of the table (None when the table holds all 118 elements).
         """
         known = tuple(int(z) for z in np.flatnonzero(self.table >= 0))
+        species = known if len(known) < 118 else None
+        if self.sows_features:
+            def atomic(params, system):
+                e, x = self._energies_and_features(params, system)
+                return {"energy": e, "features": x}
 
-        def atomic(params, system):
+            return {"atomic": atomic, "outputs": ("energy", "features"), "species": species}
+
+        def atomic_energy_only(params, system):
             return {"energy": self.atomic_energies(params, system)}
 
-        return {"atomic": atomic, "outputs": ("energy",),
-                "species": known if len(known) < 118 else None}
+        return {"atomic": atomic_energy_only, "outputs": ("energy",), "species": species}
 
 
 def atomic_model(net: nn.Module, table: np.ndarray, scale: float, shift: float) -> AtomicModel:

@@ -5,3 +5,5 @@ ensembles and GAP), :mod:`~jaxpot.uncertainty.distance` (Mahalanobis distance of
 features from the training distribution), :mod:`~jaxpot.uncertainty.calibration` (scaling the
 spreads so that stated intervals cover what they claim, and the ranking metrics).
 """
+
+from jaxpot.uncertainty import distance as distance
