@@ -63,7 +63,7 @@ def test_declared_protocol(model):
     """BPNN declares species, per-atom energies and a data-dependent ``prepare`` on the
     Potential (no attribute on the factory)."""
     pot, params, s = model
-    assert pot.species == (29, 79) and pot.outputs == ("energy",) and pot.fit is None
+    assert pot.species == (29, 79) and pot.outputs == ("energy", "features") and pot.fit is None
     assert not hasattr(bpnn, "prepare")
     atomic = pot.atomic(params, s)["energy"]
     assert float(jnp.sum(atomic)) == pytest.approx(float(pot.energy(params, s)), abs=1e-10)

@@ -137,7 +137,7 @@ def test_declared_protocol_atomic_energies_and_variances(fitted, data):
     far from the data."""
     pot, params, _ = fitted
     assert pot.species == (29,) and pot.fit is not None and pot.prepare is None
-    assert pot.outputs == ("energy", "variance") and not hasattr(type(pot), "train")
+    assert pot.outputs == ("energy", "variance", "features") and not hasattr(type(pot), "train")
     near = data[1][0].system()
     far_atoms = _frames(1, rattle=0.35, seed=9)[0]
     far_atoms.set_cell(far_atoms.cell * 0.93, scale_atoms=True)

@@ -52,7 +52,7 @@ def test_protocol_survives_a_model_file(tmp_path):
     params = pot.init(jax.random.key(0), system)
     jaxpot.save_model(tmp_path / "m", pot, params)
     pot2, params2 = jaxpot.load_model(tmp_path / "m")
-    assert pot2.species == (29,) and pot2.outputs == ("energy",)
+    assert pot2.species == (29,) and pot2.outputs == ("energy", "features")
     np.testing.assert_allclose(models.atomic_energies(pot2)(params2, system),
                                models.atomic_energies(pot)(params, system), rtol=1e-6)
 
@@ -71,7 +71,7 @@ def test_sum_declares_what_all_terms_offer():
     lj = potentials.lennard_jones(2.3, 0.4, 3.0)
     nonlocal_term = lj._replace(local=False, atomic=None, outputs=())
     s = jaxpot.sum_potentials(lj, _small_nequip())
-    assert s.local and s.species == (29,) and s.outputs == ("energy",)
+    assert s.local and s.species == (29,) and s.outputs == ("energy", "features")
     s2 = jaxpot.sum_potentials(lj, nonlocal_term)
     assert not s2.local and s2.atomic is None and s2.outputs == ()
     with pytest.raises(ValueError, match="no per-atom outputs"):

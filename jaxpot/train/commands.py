@@ -69,7 +69,8 @@ def _cmd_train(args) -> int:
         "check_outliers": False if args.no_outlier_check else None,
         "long_range": getattr(args, "long_range", None), "charges": getattr(args, "charges", None),
         "dispersion": getattr(args, "dispersion", None), "devices": args.devices,
-        "ensemble": args.ensemble,
+        "ensemble": args.ensemble, "init_from": args.init_from,
+        "freeze": args.freeze or None,
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -230,6 +231,12 @@ def register(subparsers) -> None:
     p.add_argument("--time-budget-min", type=float, metavar="M",
                    help="wall-time budget of the whole run in minutes (compilation included)")
     p.add_argument("--seed", type=int, help="seed for split, initialisation and shuffling")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune: start from this model file (its family and options); "
+                        "elements of the data it does not know are added")
+    p.add_argument("--freeze", action="append", metavar="REGEX",
+                   help="keep parameters whose path (net/layer_0/..., atomic_scale) matches "
+                        "at their initial values; repeatable")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="train K members together in one compiled step (seeds seed..seed+K-1); "
                         "the model reports their spread as its uncertainty")

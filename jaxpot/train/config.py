@@ -16,7 +16,7 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
          "check_outliers": "--no-outlier-check", "long_range": "--long-range",
          "charges": "--charges", "dispersion": "--dispersion", "devices": "--devices",
-         "ensemble": "--ensemble"}
+         "ensemble": "--ensemble", "init_from": "--init-from", "freeze": "--freeze"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -89,6 +89,11 @@ class TrainConfig:
         vmapped step (one compile); each minimises its own loss; the validation metrics and
         the saved model's energy are the committee mean, and its spread is the model's
         uncertainty, calibrated on the validation set after training.
+      init_from: a model file to start from (fine-tuning): its family and options replace
+        ``model``/``model_kwargs``, its parameters the random initialisation; elements of the
+        data it does not know are added (:mod:`jaxpot.train.finetune`).
+      freeze: regular expressions; parameters whose path (``net/layer_0/...``) fully matches
+        one keep their initial values.
     """
 
     train: str | None = None
@@ -134,6 +139,8 @@ class TrainConfig:
     dispersion: str = "none"
     devices: int | None = None
     ensemble: int = 1
+    init_from: str | None = None
+    freeze: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -178,6 +185,13 @@ class TrainConfig:
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"{_name('model_kwargs')} must be a mapping, got "
                              f"{self.model_kwargs!r}")
+        if isinstance(self.freeze, str):
+            self.freeze = [self.freeze]
+        if not isinstance(self.freeze, list | tuple) or not all(
+                isinstance(f, str) and f for f in self.freeze):
+            raise ValueError(f"{_name('freeze')} must be a list of regular expressions, got "
+                             f"{self.freeze!r}")
+        self.freeze = list(self.freeze)
         if not self.model or not isinstance(self.model, str):
             raise ValueError(f"{_name('model')} must be a model name, got {self.model!r}")
         weights = [self.energy_weight, self.forces_weight, self.stress_weight]

@@ -727,6 +727,12 @@ def _prepare_run(config: TrainConfig, resume: bool, budget: TimeBudget):
 
     if not config.train:
         raise ValueError("no training data: set 'train' in the config or pass --train PATH")
+    if config.init_from and os.path.abspath(config.init_from) == os.path.abspath(
+            os.path.join(config.out, "model")):
+        raise ValueError(f"--init-from {config.init_from} is the model this run would write: "
+                         "choose another --out (outputs never overwrite inputs)")
+    if config.init_from and not os.path.isfile(config.init_from):
+        raise ValueError(f"--init-from {config.init_from}: no such model file")
     fp = fingerprint(config)  # also: the input files exist
     same = bool(config.valid) and fp.get("valid data") == fp["train data"]  # hashed above
     if same:
@@ -769,6 +775,8 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
     if resume and ckpt.exists():
         potential = from_config(_checkpoint_potential(ckpt))
         params = potential.init(jax.random.key(config.seed), train_set[0].system())
+    elif config.init_from:
+        potential, params = _parent(config, train_set, stats)
     else:
         members = [_member(config, model, train_set, stats, config.seed + k)
                    for k in range(config.ensemble)]
@@ -782,11 +790,27 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
     parts = ensemble_parts(potential)
     single = parts[0] if parts is not None else potential
     one = params if parts is None else jax.tree.map(lambda x: x[0], params)
-    frozen = None
+    frozen = []
     if (single.config.get("name") != "with_element_refs" and has_atomic_offsets(one)
             and not config.trainable_refs):
         frozen = [(SHIFT_KEY,)]
-    return potential, params, frozen
+    if config.freeze:
+        from jaxpot.train.finetune import frozen_paths
+
+        frozen += [p for p in frozen_paths(params, config.freeze) if p not in frozen]
+    return potential, params, frozen or None
+
+
+def _parent(config: TrainConfig, train_set, stats):
+    """The ``init_from`` model, extended to the data's elements (fine-tuning)."""
+    from jaxpot.train.finetune import load_parent
+
+    numbers = np.unique(np.concatenate([s.numbers for s in train_set.structures]))
+    potential, params, added = load_parent(config.init_from, numbers, stats.element_refs,
+                                           seed=config.seed)
+    _log(f"fine-tuning from {config.init_from} ({potential.config.get('name')})"
+         + (f"; new element(s) {', '.join(added)} added" if added else ""))
+    return potential, params
 
 
 def _member(config: TrainConfig, model: Potential, train_set, stats, seed: int):
@@ -844,9 +868,13 @@ def _save(config: TrainConfig, potential, params, best, stats, stop_reason: str)
     from jaxpot.serialization import save_model
 
     path = os.path.join(config.out, "model")
-    save_model(path, potential, params,
-               metadata={"statistics": stats.to_dict(), "valid_metrics": best or {},
-                         "train_config": config.to_dict(), "stop_reason": stop_reason})
+    meta = {"statistics": stats.to_dict(), "valid_metrics": best or {},
+            "train_config": config.to_dict(), "stop_reason": stop_reason}
+    if config.init_from:
+        from jaxpot.train.finetune import parent_record
+
+        meta["parent_model"] = parent_record(config.init_from)
+    save_model(path, potential, params, metadata=meta)
     return path
 
 
