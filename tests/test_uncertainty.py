@@ -217,6 +217,7 @@ def test_cli_train_ensemble_then_eval_and_ase(tmp_path):
     assert all(float(r["force_std_mev_per_a"]) > 0 for r in rows)
     assert all(float(r["max_atom_force_std_mev_per_a"]) >= float(r["force_std_mev_per_a"])
                for r in rows)
+    assert all(float(r["mahalanobis"]) > 0 for r in rows)  # the model file's feature density
     atoms = ase.io.read(tmp_path / "test.xyz", 0)
     atoms.calc = jaxpot.ase.Calculator.from_file(out / "model")
     atoms.get_forces()
@@ -225,6 +226,8 @@ def test_cli_train_ensemble_then_eval_and_ase(tmp_path):
     assert 1e3 * res["forces_std"].mean() == pytest.approx(float(rows[0]["force_std_mev_per_a"]),
                                                            rel=1e-3)
     assert res["energy_std"] > 0
+    assert res["mahalanobis"].shape == (len(atoms),)
+    assert res["mahalanobis"].max() == pytest.approx(float(rows[0]["mahalanobis"]), rel=1e-3)
 
 
 def test_ensemble_refused_for_closed_form_models(tmp_path):

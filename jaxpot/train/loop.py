@@ -696,8 +696,10 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
                        _json(config.to_dict()).encode())
     # Kept free after the loop for writing the model (plus a measured checkpoint-sized write).
     reserve_s = 0.0 if not budget.limited else max(2.0, 0.01 * budget.seconds)
+    if budget.limited and "features" in potential.outputs:  # the feature density, after
+        reserve_s = max(reserve_s, 0.03 * budget.seconds)
     if config.ensemble > 1 and budget.limited:  # calibrating the spreads after the loop
-        reserve_s = max(reserve_s, 0.05 * budget.seconds)
+        reserve_s = max(reserve_s, 0.06 * budget.seconds)
     try:
         result = fit(potential, params, train_set, valid_set, config, stats=stats,
                      frozen=frozen, checkpointer=ckpt, resume=resume,
@@ -711,7 +713,7 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
                                    f"{err.best.get('epoch')}) are in {path}", step=err.step,
                                    best_params=err.best_params, best=err.best) from None
         raise
-    return _finish(config, potential, result, stats, valid_set, budget)
+    return _finish(config, potential, result, stats, valid_set, budget, train_set)
 
 
 def _json(d: dict) -> str:
@@ -822,6 +824,33 @@ def _member(config: TrainConfig, model: Potential, train_set, stats, seed: int):
 
 
 _CALIBRATION_FRAMES = 64  # validation structures the ensemble's spreads are calibrated on
+_DENSITY_FRAMES = 256  # training structures the feature density is fitted on (at most)
+
+
+def _feature_density(potential: Potential, params, train_set, valid_set, budget: TimeBudget,
+                     per_frame_s: float = 0.0) -> dict | None:
+    """``{"feature_density": tree}`` for a model with per-atom features (the Mahalanobis
+    distance of :mod:`jaxpot.uncertainty.distance`), fitted on (up to 256) training structures
+    with validation structures as the reference for its quantiles; None without features."""
+    from jaxpot.models.ensemble import ensemble_parts, member_params
+
+    parts = ensemble_parts(potential)
+    model, p = (potential, params) if parts is None else (parts[0], member_params(params, 0))
+    if train_set is None or "features" not in model.outputs:
+        return None
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.permutation(len(train_set))[:_DENSITY_FRAMES])
+    if budget.limited and not budget.fits(2.0 + 2.0 * per_frame_s * (len(pick) + 64)):
+        _log("time budget spent: no feature density stored")
+        return None
+    from jaxpot.uncertainty.distance import fit_feature_density
+
+    reference = valid_set.structures[:_CALIBRATION_FRAMES] if len(valid_set) else None
+    density = fit_feature_density(model, p, [train_set.structures[i] for i in pick],
+                                  reference=reference)
+    _log(f"feature density ({density.n_features} features per atom) fitted on {len(pick)} "
+         "training structures")
+    return {"feature_density": density.to_tree()}
 
 
 def _calibrated(potential: Potential, params, valid_set, budget: TimeBudget) -> Potential:
@@ -864,7 +893,8 @@ def _checkpoint_potential(ckpt: Checkpointer) -> dict:
     return meta["potential"]
 
 
-def _save(config: TrainConfig, potential, params, best, stats, stop_reason: str) -> str:
+def _save(config: TrainConfig, potential, params, best, stats, stop_reason: str, *,
+          extras: dict | None = None) -> str:
     from jaxpot.serialization import save_model
 
     path = os.path.join(config.out, "model")
@@ -874,12 +904,12 @@ def _save(config: TrainConfig, potential, params, best, stats, stop_reason: str)
         from jaxpot.train.finetune import parent_record
 
         meta["parent_model"] = parent_record(config.init_from)
-    save_model(path, potential, params, metadata=meta)
+    save_model(path, potential, params, metadata=meta, extras=extras)
     return path
 
 
 def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
-            budget: TimeBudget) -> dict:
+            budget: TimeBudget, train_set=None) -> dict:
     """Write the model (refusing an unvalidated one unless ``keep_incomplete``) and plots."""
     if result.best is None and not config.keep_incomplete:
         first = ("no training step" if result.first_step_at is None else
@@ -892,8 +922,11 @@ def _finish(config: TrainConfig, potential, result: FitResult, stats, valid_set,
             "with a larger --time-budget-min to continue, or pass --keep-incomplete to write "
             "the unvalidated model")
     potential = _calibrated(potential, result.params, valid_set, budget)
+    per_frame = result.eval_time_s / max(len(valid_set), 1)
+    extras = _feature_density(potential, result.params, train_set, valid_set, budget,
+                              per_frame)
     model_path = _save(config, potential, result.params, result.best, stats,
-                       result.stop_reason if result.best else "incomplete")
+                       result.stop_reason if result.best else "incomplete", extras=extras)
     if config.plots and budget.limited and not budget.fits(1.0):
         _log("time budget spent: plots skipped")
     elif config.plots:
