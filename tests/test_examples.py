@@ -101,3 +101,14 @@ def test_nacl_hybrid():
     assert sorted(set(fixed["charges"])) == [-1.0, 1.0]
     assert abs(qeq["total_charge"]) < 1e-10
     assert max(abs(q) for q in qeq["charges"]) > 1e-4
+
+
+def test_uncertainty_active_cu(tmp_path):
+    out = _load("uncertainty_active_cu").main(out_dir=tmp_path, calls=1, steps=40,
+                                               temperatures=(900.0,))
+    # unfamiliar frames (hot, strained) are flagged by both measures of uncertainty
+    assert out["auroc_std"] >= 0.8 and out["auroc_mahalanobis"] >= 0.8
+    assert out["spearman_std"] > 0.5
+    assert out["n_iterations"] >= 1 and out["n_data"] >= 20
+    assert (tmp_path / "uncertainty_ranking.png").stat().st_size > 10_000
+    assert (tmp_path / "active" / "iterations.csv").exists()
