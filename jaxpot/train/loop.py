@@ -697,7 +697,7 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
     # Kept free after the loop for writing the model (plus a measured checkpoint-sized write).
     reserve_s = 0.0 if not budget.limited else max(2.0, 0.01 * budget.seconds)
     if budget.limited and "features" in potential.outputs:  # the feature density, after
-        reserve_s = max(reserve_s, 0.03 * budget.seconds)
+        reserve_s = max(reserve_s, 0.04 * budget.seconds)
     if config.ensemble > 1 and budget.limited:  # calibrating the spreads after the loop
         reserve_s = max(reserve_s, 0.06 * budget.seconds)
     try:
@@ -779,9 +779,18 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
         params = potential.init(jax.random.key(config.seed), train_set[0].system())
     elif config.init_from:
         potential, params = _parent(config, train_set, stats)
+        if config.noise_head and "force_noise_std" not in (
+                (ensemble_parts(potential) or (potential,))[0].outputs):
+            raise ValueError(f"--noise-head: the parent model {config.init_from} has no noise "
+                             "head (a head can only be added to a model trained from scratch)")
     else:
         members = [_member(config, model, train_set, stats, config.seed + k)
                    for k in range(config.ensemble)]
+        if config.noise_head:  # each member gets its own noise head (aleatoric uncertainty)
+            from jaxpot.train.nll import attach_noise_head
+
+            members = [attach_noise_head(pot, p, train_set[0].system(), stats, config.seed + k)
+                       for k, (pot, p) in enumerate(members)]
         potential, params = members[0]
         if config.ensemble > 1:
             potential = ensemble(potential, config.ensemble)
@@ -792,10 +801,13 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
     parts = ensemble_parts(potential)
     single = parts[0] if parts is not None else potential
     one = params if parts is None else jax.tree.map(lambda x: x[0], params)
+    root = ()
+    if single.config.get("name") == "heteroscedastic":  # the offsets are the inner model's
+        single, one, root = from_config(single.config["kwargs"]["inner"]), one["model"], ("model",)
     frozen = []
     if (single.config.get("name") != "with_element_refs" and has_atomic_offsets(one)
             and not config.trainable_refs):
-        frozen = [(SHIFT_KEY,)]
+        frozen = [(*root, SHIFT_KEY)]
     if config.freeze:
         from jaxpot.train.finetune import frozen_paths
 
@@ -840,16 +852,17 @@ def _feature_density(potential: Potential, params, train_set, valid_set, budget:
         return None
     rng = np.random.default_rng(0)
     pick = sorted(rng.permutation(len(train_set))[:_DENSITY_FRAMES])
-    if budget.limited and not budget.fits(2.0 + 2.0 * per_frame_s * (len(pick) + 64)):
+    if budget.limited and not budget.fits(2.0 + 0.2 * per_frame_s * (len(pick) + 64)):
         _log("time budget spent: no feature density stored")
         return None
+    t0 = time.monotonic()
     from jaxpot.uncertainty.distance import fit_feature_density
 
     reference = valid_set.structures[:_CALIBRATION_FRAMES] if len(valid_set) else None
     density = fit_feature_density(model, p, [train_set.structures[i] for i in pick],
                                   reference=reference)
     _log(f"feature density ({density.n_features} features per atom) fitted on {len(pick)} "
-         "training structures")
+         f"training structures ({time.monotonic() - t0:.1f} s)")
     return {"feature_density": density.to_tree()}
 
 
