@@ -38,6 +38,7 @@ FAMILIES: dict[str, str] = {
     "dispersion": "jaxpot.potentials.dispersion",
     "with_element_refs": "jaxpot.potentials.offsets",
     "nequip": "jaxpot.models.nequip",
+    "nequip_direct": "jaxpot.models.direct_force",
     "mace": "jaxpot.models.mace",
     "bpnn": "jaxpot.models.bpnn",
     "gap": "jaxpot.models.gap",

@@ -40,6 +40,7 @@ from jaxpot.data import Batch, Statistics
 from jaxpot.models.ensemble import ensemble_parts
 from jaxpot.potential import Potential, energy_and_forces, energy_forces_stress
 from jaxpot.potentials.offsets import element_refs_table, with_element_refs
+from jaxpot.train.direct import direct_penalties, has_direct_forces, predict_direct
 
 __all__ = [
     "LossWeights",
@@ -101,8 +102,11 @@ def predict(potential: Potential, params, system, *, stress: bool = True):
     """Batched predictions: ``(energy [B] eV, forces [B, n, 3] eV/Å, stress [B, 3, 3] eV/Å³)``.
 
     ``system`` is a batched :class:`~jaxpot.System`; with ``stress=False`` the stress is zeros
-    (one backward pass fewer).
+    (one backward pass fewer). A direct-force model (:mod:`jaxpot.train.direct`) returns its
+    predicted ``"direct_forces"`` instead of ``−∇E``.
     """
+    if has_direct_forces(potential):
+        return predict_direct(potential, params, system, stress=stress)
     if stress:
         fn = energy_forces_stress(potential)
         return jax.vmap(fn, in_axes=(None, 0))(params, system)
@@ -149,6 +153,8 @@ def make_loss_fn(potential: Potential, weights: LossWeights):
     (:func:`jaxpot.models.ensemble`) the loss is the sum of the members' own losses, vmapped
     over the stacked params: each member's gradient is the one it would have alone, so the
     members train independently in one compiled step; the terms are the members' means.
+    A direct-force model fits its predicted forces and pays net-force and torque penalties
+    (:mod:`jaxpot.train.direct`; the terms gain ``"net_force"`` and ``"torque"``).
     """
     weights = LossWeights(*map(float, weights))
     parts = ensemble_parts(potential)
@@ -161,11 +167,15 @@ def make_loss_fn(potential: Potential, weights: LossWeights):
 
         return ensemble_loss
 
+    penalties = direct_penalties(potential, weights.forces)  # None unless direct forces
+
     def loss_fn(params, batch: Batch):
         e, f, s = predict(potential, params, batch.system, stress=weights.stress > 0)
         terms = loss_terms(e, f, s, batch)
         loss = (weights.energy * terms["energy"] + weights.forces * terms["forces"]
                 + weights.stress * terms["stress"])
+        if penalties is not None:  # net force and torque of direct forces
+            loss, terms = penalties(loss, terms, f, batch)
         return loss, terms
 
     return loss_fn
