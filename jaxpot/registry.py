@@ -43,6 +43,7 @@ FAMILIES: dict[str, str] = {
     "bpnn": "jaxpot.models.bpnn",
     "gap": "jaxpot.models.gap",
     "ensemble": "jaxpot.models.ensemble",
+    "heteroscedastic": "jaxpot.models.heteroscedastic",
     "hybrid": "jaxpot.models.hybrid",
     "coulomb": "jaxpot.potentials.coulomb",
     "born_mayer_huggins": "jaxpot.potentials.bmh",

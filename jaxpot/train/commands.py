@@ -71,6 +71,7 @@ def _cmd_train(args) -> int:
         "dispersion": getattr(args, "dispersion", None), "devices": args.devices,
         "ensemble": args.ensemble, "init_from": args.init_from,
         "freeze": args.freeze or None,
+        "noise_head": True if getattr(args, "noise_head", False) else None,
     }
     config = load_config(args.config, overrides)  # every option checked before any work
     try:
@@ -240,6 +241,9 @@ def register(subparsers) -> None:
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="train K members together in one compiled step (seeds seed..seed+K-1); "
                         "the model reports their spread as its uncertainty")
+    p.add_argument("--noise-head", action="store_true",
+                   help="add a head predicting per-atom force/energy noise (aleatoric "
+                        "uncertainty), trained by a Gaussian NLL; with --ensemble, per member")
     p.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
     p.add_argument("--devices", type=int, metavar="N",
                    help="data-parallel training on N devices (default: all visible devices "

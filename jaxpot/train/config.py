@@ -16,7 +16,8 @@ FLAGS = {"train": "--train", "valid": "--valid", "model": "--model", "cutoff": "
          "allow_partial_labels": "--allow-partial-labels", "check_units": "--no-unit-check",
          "check_outliers": "--no-outlier-check", "long_range": "--long-range",
          "charges": "--charges", "dispersion": "--dispersion", "devices": "--devices",
-         "ensemble": "--ensemble", "init_from": "--init-from", "freeze": "--freeze"}
+         "ensemble": "--ensemble", "init_from": "--init-from", "freeze": "--freeze",
+         "noise_head": "--noise-head"}
 """Option name → the ``jaxpot train`` flag that sets it."""
 
 
@@ -94,6 +95,10 @@ class TrainConfig:
         data it does not know are added (:mod:`jaxpot.train.finetune`).
       freeze: regular expressions; parameters whose path (``net/layer_0/...``) fully matches
         one keep their initial values.
+      noise_head: wrap the model (each member of an ensemble) with a
+        :func:`~jaxpot.models.heteroscedastic.heteroscedastic` head that predicts per-atom
+        force and energy noise (aleatoric uncertainty), trained by a Gaussian NLL
+        (:mod:`jaxpot.train.nll`); the model needs per-atom features (NequIP, MACE, BPNN).
     """
 
     train: str | None = None
@@ -141,6 +146,7 @@ class TrainConfig:
     ensemble: int = 1
     init_from: str | None = None
     freeze: list = dataclasses.field(default_factory=list)
+    noise_head: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -179,7 +185,8 @@ class TrainConfig:
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{_name(k)} must be one of {list(allowed)}, got "
                                  f"{getattr(self, k)!r}")
-        for k in ("keep_incomplete", "allow_partial_labels", "check_units", "check_outliers"):
+        for k in ("keep_incomplete", "allow_partial_labels", "check_units", "check_outliers",
+                  "noise_head"):
             if not isinstance(getattr(self, k), bool):
                 raise ValueError(f"{_name(k)} must be true or false, got {getattr(self, k)!r}")
         if not isinstance(self.model_kwargs, dict):

@@ -789,7 +789,7 @@ def _gradient_model(config: TrainConfig, model: Potential, train_set, stats,
         if config.noise_head:  # each member gets its own noise head (aleatoric uncertainty)
             from jaxpot.train.nll import attach_noise_head
 
-            members = [attach_noise_head(pot, p, train_set[0].system(), stats, config.seed + k)
+            members = [attach_noise_head(pot, p, train_set, stats, config.seed + k)
                        for k, (pot, p) in enumerate(members)]
         potential, params = members[0]
         if config.ensemble > 1:

@@ -155,6 +155,8 @@ def make_loss_fn(potential: Potential, weights: LossWeights):
     members train independently in one compiled step; the terms are the members' means.
     A direct-force model fits its predicted forces and pays net-force and torque penalties
     (:mod:`jaxpot.train.direct`; the terms gain ``"net_force"`` and ``"torque"``).
+    A heteroscedastic model (:mod:`jaxpot.models.heteroscedastic`) adds a Gaussian NLL that
+    trains its noise head only (:mod:`jaxpot.train.nll`).
     """
     weights = LossWeights(*map(float, weights))
     parts = ensemble_parts(potential)
@@ -166,6 +168,10 @@ def make_loss_fn(potential: Potential, weights: LossWeights):
             return jnp.sum(losses), jax.tree.map(lambda t: jnp.mean(t, axis=0), terms)
 
         return ensemble_loss
+    if potential.config.get("name") == "heteroscedastic":  # MSE trains the mean, NLL the head
+        from jaxpot.train.nll import make_nll_loss_fn
+
+        return make_nll_loss_fn(potential, weights, loss_terms)
 
     penalties = direct_penalties(potential, weights.forces)  # None unless direct forces
 

@@ -14,6 +14,8 @@ evaluation, MD observers (inside the fused loop), the ASE calculator and active 
     out = fn(params, system)
     out["energy_std"]       # [] eV, of the total energy
     out["forces_std"]       # [n_atoms] eV/Å, per atom: sqrt(mean over x, y, z of the variance)
+    out["force_noise_std"]  # [n_atoms] eV/Å, only for heteroscedastic members: the predicted
+    out["energy_noise_std"] # [] eV      label noise (aleatoric; forces_std is epistemic)
 
 All spreads are 0 on padding atoms.
 """
@@ -70,6 +72,11 @@ def _ensemble_spread(member: Potential, calibration: dict):
                 "energy_std": a_e * jnp.std(e_k),
                 "forces_std": jnp.where(system.atom_mask, a_f * jnp.sqrt(f_var), 0.0)}
 
+    if "force_noise_std" in member.outputs:  # heteroscedastic members: add the aleatoric part
+        from jaxpot.models.heteroscedastic import mean_noise_std
+
+        return lambda params, system: {**fn(params, system),
+                                       **mean_noise_std(member, params, system)}
     return fn
 
 
