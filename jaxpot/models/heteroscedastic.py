@@ -46,7 +46,8 @@ from jaxpot.potential import Potential, energy_and_forces, from_config, register
 from jaxpot.system import System
 
 __all__ = ["heteroscedastic", "heteroscedastic_parts", "noise_variances", "with_noise_head",
-           "energy_forces_noise", "mean_noise_std", "standardize_features", "NOISE_OUTPUTS"]
+           "energy_forces_noise", "mean_noise_std", "standardize_features",
+           "variances_from_features", "NOISE_OUTPUTS"]
 
 NOISE_OUTPUTS = ("force_noise_std", "energy_noise_std")
 _STANDARDISATION = ("feature_shift", "feature_inv_scale")
@@ -168,8 +169,8 @@ def _head_of(potential: Potential) -> tuple[Potential, NoiseHead, tuple]:
 
 
 def _init_head(head: NoiseHead, inner: Potential, inner_params, key, system: System) -> dict:
-    features = inner.atomic(inner_params, system)["features"]
-    variables = head.init(key, jnp.zeros_like(features))
+    features = jax.eval_shape(inner.atomic, inner_params, system)["features"]  # shape only
+    variables = head.init(key, jnp.zeros(features.shape, features.dtype))
     head_params = jax.tree.map(lambda p: jnp.asarray(p, features.dtype), variables["params"])
     width = features.shape[-1]
     head_params["feature_shift"] = jnp.zeros((width,), features.dtype)
@@ -212,6 +213,13 @@ def with_noise_head(inner: Potential, inner_params, key: jax.Array, system: Syst
     """
     pot = heteroscedastic(inner, **options)
     return pot, _init_head(_head_of(pot)[1], inner, inner_params, key, system)
+
+
+def variances_from_features(potential: Potential, head_params, features, mask):
+    """``(σ²_F [n], σ²_E [n])`` from given features ``[n, F]`` and ``mask`` ``[n]`` (traced):
+    the head alone, e.g. to fit it on features computed once."""
+    _, head, scales = _head_of(potential)
+    return _variances(head, scales, head_params, features, mask)
 
 
 def noise_variances(potential: Potential, params, system: System):
