@@ -104,12 +104,19 @@ def ranking(model_path: Path, frames: list, is_ood: np.ndarray) -> dict:
 
     pot, params = load_model(model_path)
     ds = data.from_atoms(frames, cutoff=pot.cutoff)
-    score = None
+    from jaxpot.uncertainty.distance import FeatureDensity, fit_feature_density, mahalanobis
+
     extras = read_model_extras(model_path)
     if "feature_density" in extras:
-        from jaxpot.uncertainty.distance import FeatureDensity, mahalanobis
+        density = FeatureDensity.from_tree(extras["feature_density"])
+    else:  # a model trained before training stored densities: fit one as training would
+        from jaxpot.models.ensemble import ensemble_parts, member_params
 
-        score = mahalanobis(pot, FeatureDensity.from_tree(extras["feature_density"]))
+        parts = ensemble_parts(pot)
+        model, p = (pot, params) if parts is None else (parts[0], member_params(params, 0))
+        train = ase.io.read(model_path.parent.parent / "train.xyz", ":256")
+        density = fit_feature_density(model, p, data.from_atoms(train, cutoff=pot.cutoff))
+    score = mahalanobis(pot, density)
     rows = structure_uncertainty(pot, params, ds.structures, score=score)
     mae = np.array([np.mean(np.abs(r["force_error"])) for r in rows])
     std = np.array([np.mean(r["forces_std"]) for r in rows])
@@ -126,7 +133,7 @@ def ranking(model_path: Path, frames: list, is_ood: np.ndarray) -> dict:
            "coverage_2sigma_id": coverage(e_id, s_id, 2.0),
            "coverage_1sigma_all": coverage(e_all, s_all),
            "coverage_2sigma_all": coverage(e_all, s_all, 2.0)}
-    if score is not None:
+    if score is not None:  # always, now
         maha = np.array([np.max(r["mahalanobis"]) for r in rows])
         out.update(mahalanobis_spearman=spearman(maha, mae),
                    mahalanobis_auroc_ood=auroc(maha, is_ood))
