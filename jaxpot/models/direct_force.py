@@ -44,15 +44,13 @@ import jax.numpy as jnp
 
 from jaxpot.models.nequip import (
     NequIPConfig,
-    NequIPLayer,
     _make,
     hidden_irreps,
-    sh_irreps,
-    spherical_harmonics,
+    nequip_trunk,
+    scalar_readout_hidden,
 )
 from jaxpot.nn.atomic import AtomicModel
-from jaxpot.nn.embedding import SpeciesEmbedding, species_index, species_table
-from jaxpot.nn.radial import edge_geometry, radial_embedding
+from jaxpot.nn.embedding import species_index, species_table
 from jaxpot.potential import Potential, register
 from jaxpot.system import System
 
@@ -113,23 +111,8 @@ class DirectForceNet(nn.Module):
     @nn.compact
     def __call__(self, vectors, edge_mask, species, senders, receivers):
         cfg = self.config
-        n_species = len(cfg.species)
-        feats = hidden_irreps(cfg.features, cfg.parity)
-        channels = max(mul for mul, _ in feats)
-        c0 = sum(mul for mul, ir in feats if ir == e3nn.Irrep("0e"))
-        r, safe, inside = edge_geometry(vectors, edge_mask, cfg.cutoff)
-        radial = radial_embedding(r, inside, cutoff=cfg.cutoff, num_basis=cfg.num_bessel,
-                                  envelope_p=cfg.envelope_p)
-        sh = spherical_harmonics(cfg.l_max, safe)
-        emb = SpeciesEmbedding(n_species, c0, name="embedding")(species).astype(vectors.dtype)
-        h = e3nn.IrrepsArray(f"{c0}x0e", emb)
-        for i in range(cfg.num_layers):
-            h = NequIPLayer(str(feats), str(sh_irreps(cfg.l_max, cfg.parity)), n_species,
-                            channels, tuple(cfg.radial_hidden), cfg.avg_num_neighbors,
-                            name=f"layer_{i}")(h, species, sh, radial, senders, receivers)
-        s = h.filter(keep="0e")
-        s = e3nn.flax.Linear(f"{cfg.readout_hidden}x0e", name="readout_hidden")(s)
-        s = e3nn.IrrepsArray(s.irreps, jax.nn.silu(s.array))
+        h = nequip_trunk(cfg, vectors, edge_mask, species, senders, receivers)
+        s = scalar_readout_hidden(cfg, h)
         self.sow("intermediates", "features", s.array)
         eps = e3nn.flax.Linear("1x0e", name="readout_out")(s).array[:, 0]
         vec = "1o" if cfg.parity else "1e"

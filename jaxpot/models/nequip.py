@@ -186,26 +186,39 @@ class NequIPNet(nn.Module):
     def __call__(self, vectors, edge_mask, species, senders, receivers):
         """Args: ``vectors [n_edges, 3]`` Å, ``edge_mask [n_edges]``, ``species [n_atoms]``
         int indices, ``senders``/``receivers [n_edges]``. Returns ``[n_atoms]``."""
-        cfg = self.config
-        n_species = len(cfg.species)
-        feats = hidden_irreps(cfg.features, cfg.parity)
-        channels = max(mul for mul, _ in feats)
-        c0 = sum(mul for mul, ir in feats if ir == e3nn.Irrep("0e"))
-        r, safe, inside = edge_geometry(vectors, edge_mask, cfg.cutoff)
-        radial = radial_embedding(r, inside, cutoff=cfg.cutoff, num_basis=cfg.num_bessel,
-                                  envelope_p=cfg.envelope_p)
-        sh = spherical_harmonics(cfg.l_max, safe)
-        emb = SpeciesEmbedding(n_species, c0, name="embedding")(species).astype(vectors.dtype)
-        h = e3nn.IrrepsArray(f"{c0}x0e", emb)
-        for i in range(cfg.num_layers):
-            h = NequIPLayer(str(feats), str(sh_irreps(cfg.l_max, cfg.parity)), n_species,
-                            channels, tuple(cfg.radial_hidden), cfg.avg_num_neighbors,
-                            name=f"layer_{i}")(h, species, sh, radial, senders, receivers)
-        s = h.filter(keep="0e")
-        s = e3nn.flax.Linear(f"{cfg.readout_hidden}x0e", name="readout_hidden")(s)
-        s = e3nn.IrrepsArray(s.irreps, jax.nn.silu(s.array))
+        h = nequip_trunk(self.config, vectors, edge_mask, species, senders, receivers)
+        s = scalar_readout_hidden(self.config, h)
         self.sow("intermediates", "features", s.array)
         return e3nn.flax.Linear("1x0e", name="readout_out")(s).array[:, 0]
+
+
+def nequip_trunk(cfg, vectors, edge_mask, species, senders, receivers) -> e3nn.IrrepsArray:
+    """NequIP's species embedding and interaction layers: the node features after the last
+    layer. Call it inside a compact Flax method (its submodules, ``embedding`` and
+    ``layer_i``, belong to that module), so other heads can share the trunk."""
+    n_species = len(cfg.species)
+    feats = hidden_irreps(cfg.features, cfg.parity)
+    channels = max(mul for mul, _ in feats)
+    c0 = sum(mul for mul, ir in feats if ir == e3nn.Irrep("0e"))
+    r, safe, inside = edge_geometry(vectors, edge_mask, cfg.cutoff)
+    radial = radial_embedding(r, inside, cutoff=cfg.cutoff, num_basis=cfg.num_bessel,
+                              envelope_p=cfg.envelope_p)
+    sh = spherical_harmonics(cfg.l_max, safe)
+    emb = SpeciesEmbedding(n_species, c0, name="embedding")(species).astype(vectors.dtype)
+    h = e3nn.IrrepsArray(f"{c0}x0e", emb)
+    for i in range(cfg.num_layers):
+        h = NequIPLayer(str(feats), str(sh_irreps(cfg.l_max, cfg.parity)), n_species,
+                        channels, tuple(cfg.radial_hidden), cfg.avg_num_neighbors,
+                        name=f"layer_{i}")(h, species, sh, radial, senders, receivers)
+    return h
+
+
+def scalar_readout_hidden(cfg, h: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    """The invariant hidden layer of the energy readout (``readout_hidden``, SiLU): the
+    per-atom ``features`` of the model protocol. Call it inside a compact Flax method."""
+    s = h.filter(keep="0e")
+    s = e3nn.flax.Linear(f"{cfg.readout_hidden}x0e", name="readout_hidden")(s)
+    return e3nn.IrrepsArray(s.irreps, jax.nn.silu(s.array))
 
 
 def _make(config, overrides, cls):
