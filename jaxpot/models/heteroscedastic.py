@@ -9,7 +9,11 @@ unchanged; a small MLP maps each atom's features to two variances::
     σ²_E   = Σ_i σ²_E,i                               # the structure's energy noise, eV²
 
 (``f`` the floors, ``s`` the initial scales; the last layer starts at zero, so every atom starts
-at ``σ² = f² + s²``.) ``params = {"model": inner params, "noise": head params}``.
+at ``σ² = f² + s²``.) ``params = {"model": inner params, "noise": head params}``; the head's
+params hold its MLP and a fixed per-feature standardisation (``feature_shift``,
+``feature_inv_scale``; identity from ``init``, set from training structures by
+:func:`standardize_features`, which training does when it adds the head); the MLP reads
+``asinh((x - shift) · inv_scale)``.
 
 The head reads ``jax.lax.stop_gradient(features)``: the variance loss (a Gaussian negative
 log-likelihood, :mod:`jaxpot.train.nll`) trains the head only, and cannot bend the shared
@@ -81,7 +85,11 @@ def _variances(head: NoiseHead, scales: tuple[float, float, float, float], head_
     f_f, f_e, s_f, s_e = scales
     shift = jax.lax.stop_gradient(head_params["feature_shift"])  # fixed standardisation
     inv_scale = jax.lax.stop_gradient(head_params["feature_inv_scale"])
-    x = (jax.lax.stop_gradient(features) - shift) * inv_scale
+    # asinh: the standardisation is fitted on the initial model, whose features vary far less
+    # than the trained model's (standardised inputs of 100s after training): asinh keeps them
+    # ordered and distinct but of order 1-10, where the MLP trains (without it some heads
+    # of an ensemble collapsed to one constant variance on EMT copper).
+    x = jnp.arcsinh((jax.lax.stop_gradient(features) - shift) * inv_scale)
     x = jnp.where(mask[:, None], x, 0.0)
     mlp = {k: v for k, v in head_params.items() if k not in _STANDARDISATION}
     raw = head.apply({"params": mlp}, x)
@@ -111,8 +119,8 @@ def heteroscedastic(inner: Potential | dict, *, hidden=(32,), force_floor: float
       ``"energy_noise_std"``.
 
     Raises:
-      ValueError: ``inner`` has no per-atom features, is an ensemble or is already
-        heteroscedastic, or a floor/scale is not positive.
+      ValueError: ``inner`` has no per-atom features, is fitted in closed form (GAP), is an
+        ensemble or is already heteroscedastic, or a floor/scale is not positive.
     """
     if isinstance(inner, dict):
         inner = from_config(inner)
@@ -120,6 +128,9 @@ def heteroscedastic(inner: Potential | dict, *, hidden=(32,), force_floor: float
     if name in ("ensemble", "heteroscedastic"):
         raise ValueError(f"heteroscedastic cannot wrap a {name!r} model (wrap the member: "
                          "ensemble(heteroscedastic(model), K))")
+    if inner.fit is not None:
+        raise ValueError(f"heteroscedastic needs a gradient-trained inner model; {name!r} is "
+                         "fitted in closed form (its own variance is in its 'variance' output)")
     if inner.atomic is None or "features" not in inner.outputs:
         raise ValueError(f"heteroscedastic needs per-atom 'features' from the inner model; "
                          f"{name!r} declares only {inner.outputs}")
