@@ -199,13 +199,15 @@ def test_cli_train_ensemble_then_eval_and_ase(tmp_path):
     _emt_file(tmp_path / "test.xyz", 4, seed=90, scale=1.06, rattle=0.2)
     kw = json.dumps({"features": "4x0e+4x1o", "radial_hidden": [8], "num_layers": 1})
     out = tmp_path / "run"
-    assert cli.main(["train", "--train", str(tmp_path / "train.xyz"), "--valid",
-                     str(tmp_path / "valid.xyz"), "--model", "nequip", "--model-kwargs", kw,
-                     "--cutoff", str(CUTOFF), "--epochs", "2", "--ensemble", "3",
-                     "--out", str(out)]) == 0
+    from jaxpot.train import TrainConfig, train
+
+    result = train(TrainConfig(train=str(tmp_path / "train.xyz"), valid=str(tmp_path / "valid.xyz"),
+                               model="nequip", model_kwargs=json.loads(kw), cutoff=CUTOFF,
+                               epochs=2, ensemble=4, out=str(out), plots=False), resume=False)
+    assert result["n_traces"] == 1  # four members, one compiled step (all frames: one shape)
     pot, params = load_model(out / "model")
-    assert pot.config["name"] == "ensemble" and pot.config["kwargs"]["size"] == 3
-    assert jax.tree.leaves(params)[0].shape[0] == 3
+    assert pot.config["name"] == "ensemble" and pot.config["kwargs"]["size"] == 4
+    assert jax.tree.leaves(params)[0].shape[0] == 4
     cal = pot.config["kwargs"]["calibration"]
     assert cal["forces"] > 0 and cal["forces"] != 1.0  # fitted on the validation set
     csv_path = tmp_path / "per.csv"
@@ -230,8 +232,11 @@ def test_cli_train_ensemble_then_eval_and_ase(tmp_path):
     assert res["mahalanobis"].max() == pytest.approx(float(rows[0]["mahalanobis"]), rel=1e-3)
 
 
-def test_ensemble_refused_for_closed_form_models(tmp_path):
+def test_ensemble_refused_for_closed_form_models(tmp_path, capsys):
     _emt_file(tmp_path / "train.xyz", 4, seed=0)
+    assert cli.main(["train", "--train", str(tmp_path / "train.xyz"), "--ensemble", "0",
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "--ensemble" in capsys.readouterr().err
     with pytest.raises(ValueError, match="closed form"):
         from jaxpot.train import TrainConfig, train
 
