@@ -219,14 +219,11 @@ class Calculator(_AseCalculator):
     @classmethod
     def from_file(cls, path, **kwargs) -> Calculator:
         """A calculator for a model file written by :func:`jaxpot.save_model`."""
-        from jaxpot.serialization import read_model_extras
+        from jaxpot.uncertainty.distance import read_density
 
         potential, params = load_model(path)
-        extras = read_model_extras(path)
-        if "feature_density" in extras and "feature_density" not in kwargs:
-            from jaxpot.uncertainty.distance import FeatureDensity
-
-            kwargs["feature_density"] = FeatureDensity.from_tree(extras["feature_density"])
+        if "feature_density" not in kwargs:
+            kwargs["feature_density"] = read_density(path)
         return cls(potential, params, **kwargs)
 
     # ------------------------------------------------------------------ parameters

@@ -37,7 +37,8 @@ import jax.numpy as jnp
 from jaxpot.potential import Potential, energy_and_forces, from_config, register
 from jaxpot.system import System
 
-__all__ = ["ensemble", "ensemble_parts", "member_predictions", "stack_params", "member_params"]
+__all__ = ["ensemble", "ensemble_parts", "force_spread", "member_predictions", "stack_params",
+           "member_params"]
 
 _SPREADS = ("energy_std", "forces_std")
 
@@ -77,17 +78,22 @@ def member_predictions(potential: Potential, params, system: System):
     return jax.vmap(energy_and_forces(parts[0]), in_axes=(0, None))(params, system)
 
 
+def force_spread(f_k, atom_mask, factor: float = 1.0):
+    """Per-atom force spread ``factor · sqrt(mean_c var_k F_kic)`` of member forces
+    ``f_k [K, n, 3]`` (eV/Å), 0 on padding atoms."""
+    f_var = jnp.mean(jnp.var(f_k, axis=0), axis=-1)
+    return jnp.where(atom_mask, factor * jnp.sqrt(f_var), 0.0)
+
+
 def _spreads(member: Potential, params, system: System, calibration: dict) -> dict:
     """Per-atom calibrated spreads over the members (traced)."""
     mask = system.atom_mask
     e_k = jax.vmap(member.atomic, in_axes=(0, None))(params, system)["energy"]  # [K, n]
     _, f_k = jax.vmap(energy_and_forces(member), in_axes=(0, None))(params, system)
-    f_var = jnp.mean(jnp.var(f_k, axis=0), axis=-1)  # [n], mean over components
     e_std = jnp.sqrt(jnp.var(e_k, axis=0))
     return {
         "energy_std": jnp.where(mask, float(calibration.get("energy", 1.0)) * e_std, 0.0),
-        "forces_std": jnp.where(mask, float(calibration.get("forces", 1.0))
-                                * jnp.sqrt(f_var), 0.0),
+        "forces_std": force_spread(f_k, mask, float(calibration.get("forces", 1.0))),
         "energy": jnp.where(mask, jnp.mean(e_k, axis=0), 0.0),
     }
 

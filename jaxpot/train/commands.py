@@ -186,14 +186,10 @@ def _uncertainty(potential, params, dataset, model_path: str):
 
 def _feature_score(potential, model_path: str):
     """The Mahalanobis score of the model file's feature density, or None without one."""
-    from jaxpot.serialization import read_model_extras
+    from jaxpot.uncertainty.distance import mahalanobis, read_density
 
-    extras = read_model_extras(model_path)
-    if "feature_density" not in extras:
-        return None
-    from jaxpot.uncertainty.distance import FeatureDensity, mahalanobis
-
-    return mahalanobis(potential, FeatureDensity.from_tree(extras["feature_density"]))
+    density = read_density(model_path)
+    return None if density is None else mahalanobis(potential, density)
 
 
 def _write_per_structure(path: str, dataset, predictions, spread_rows) -> None:

@@ -53,6 +53,7 @@ from jaxpot.system import System, bucket, default_buckets
 
 __all__ = [
     "FeatureDensity",
+    "read_density",
     "PushResult",
     "feature_distances",
     "features_fn",
@@ -549,3 +550,12 @@ def _rebuild(system: System, positions: np.ndarray, cutoff: float) -> System:
     fresh = moved.with_edges(cutoff)
     n_edges = int((np.asarray(fresh.senders) < fresh.n_atoms).sum())
     return fresh.pad(fresh.n_atoms, _slots(n_edges))
+
+
+def read_density(path) -> FeatureDensity | None:
+    """The feature density a model file holds (``extras["feature_density"]``, written by
+    ``jaxpot train``), or None when it has none."""
+    from jaxpot.serialization import read_model_extras
+
+    tree = read_model_extras(path).get("feature_density")
+    return None if tree is None else FeatureDensity.from_tree(tree)

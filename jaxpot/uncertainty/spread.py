@@ -29,7 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxpot.models.ensemble import ensemble_parts
+from jaxpot.models.ensemble import ensemble_parts, force_spread
 from jaxpot.potential import Potential, energy_and_forces
 from jaxpot.system import System
 
@@ -67,10 +67,9 @@ def _ensemble_spread(member: Potential, calibration: dict):
 
     def fn(params, system):
         e_k, f_k = jax.vmap(energy_and_forces(member), in_axes=(0, None))(params, system)
-        f_var = jnp.mean(jnp.var(f_k, axis=0), axis=-1)
         return {"energy": jnp.mean(e_k), "forces": jnp.mean(f_k, axis=0),
                 "energy_std": a_e * jnp.std(e_k),
-                "forces_std": jnp.where(system.atom_mask, a_f * jnp.sqrt(f_var), 0.0)}
+                "forces_std": force_spread(f_k, system.atom_mask, a_f)}
 
     if "force_noise_std" in member.outputs:  # heteroscedastic members: add the aleatoric part
         from jaxpot.models.heteroscedastic import mean_noise_std
