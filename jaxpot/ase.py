@@ -40,6 +40,7 @@ from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from jaxpot import neighbors
+from jaxpot.models.cells import fit_cells
 from jaxpot.potential import Potential, atomic_outputs, check_species, energy_forces_stress
 from jaxpot.registry import factory, from_config
 from jaxpot.serialization import _json_default, load_model
@@ -342,6 +343,8 @@ class Calculator(_AseCalculator):
                 "stress needs a cell with non-zero volume (this structure has cell "
                 f"{atoms.cell.tolist()})"
             )
+        if atoms.pbc.any():  # a cell longer than the model's lattice sums were made for
+            self.potential = fit_cells(self.potential, [atoms.cell.array])
         system = self._current_system(atoms)
         if self._params is None:
             self._params = self.potential.init(jax.random.key(0), system)

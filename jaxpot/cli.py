@@ -251,6 +251,7 @@ def _load_md_inputs(args):
     import numpy as np
 
     from jaxpot.io import read_structure
+    from jaxpot.models.cells import CELL_MARGIN, fit_cells
     from jaxpot.potential import check_species
     from jaxpot.serialization import load_model, nonfinite_params
     from jaxpot.system import System
@@ -269,6 +270,8 @@ def _load_md_inputs(args):
         raise ValueError(f"{where}: atom {i} ({atoms[i].symbol}) has mass {masses[i]} amu; "
                          f"masses must be positive ({wrong.size} atom(s) affected)")
     check_species(potential, atoms.get_atomic_numbers(), where=where)
+    if atoms.pbc.any():  # lattice sums sized for the cell, with room for a barostat
+        potential = fit_cells(potential, [CELL_MARGIN * atoms.cell.array])
     cutoff = float(potential.cutoff) if potential.cutoff and potential.cutoff > 0 else None
     try:  # with the cutoff: overlapping atoms and degenerate cells are refused here, by name
         system = System.from_ase(atoms, cutoff=cutoff, where=where)

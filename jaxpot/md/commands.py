@@ -62,6 +62,7 @@ def _cmd_relax(args) -> int:
 
     from jaxpot import io
     from jaxpot.md.relax import relax
+    from jaxpot.models.cells import CELL_MARGIN, fit_cells
     from jaxpot.potential import check_species, energy_forces_stress
     from jaxpot.serialization import load_model
     from jaxpot.system import System
@@ -74,6 +75,8 @@ def _cmd_relax(args) -> int:
     if args.cell and not all(atoms.pbc):
         raise ValueError(f"{where}: --cell needs a cell periodic along every direction "
                          f"(pbc={atoms.pbc.tolist()})")
+    if atoms.pbc.any():  # lattice sums sized for the cell, with room for a cell relaxation
+        potential = fit_cells(potential, [CELL_MARGIN * atoms.cell.array])
     system = System.from_ase(atoms, cutoff=float(potential.cutoff), where=where)
     relaxed, info = relax(potential, params, system, cell=args.cell, fmax=args.fmax,
                           pressure_gpa=args.pressure_gpa, max_steps=args.steps)

@@ -132,6 +132,7 @@ def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
       ValueError: naming the file, frame, element or parameter that is wrong.
     """
     from jaxpot.data import read_extxyz
+    from jaxpot.models.cells import fit_cells
     from jaxpot.potential import check_species
     from jaxpot.serialization import load_model
     from jaxpot.train.metrics import evaluate
@@ -143,6 +144,7 @@ def evaluate_files(model_path: str, data_path: str, *, batch_size: int = 16,
         raise ValueError(f"{data_path}: no structures")
     for s in dataset.structures:
         check_species(potential, s.numbers, where=s.source or data_path)
+    potential = fit_cells(potential, [s.cell for s in dataset.structures if np.any(s.pbc)])
     metrics = evaluate(potential, params, dataset, batch_size=batch_size, devices=devices,
                        return_predictions=per_structure is not None)
     if per_structure is not None:

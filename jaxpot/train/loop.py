@@ -30,6 +30,7 @@ import numpy as np
 from jaxpot import data as jdata
 from jaxpot.files import write_csv
 from jaxpot.io import check_overlap
+from jaxpot.models.cells import fit_cells
 from jaxpot.potential import Potential
 from jaxpot.train.budget import TimeBudget, as_budget
 from jaxpot.train.checkpoint import Checkpointer
@@ -682,6 +683,8 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
 
     fp, train_set, valid_set, stats = _prepare_run(config, resume, budget)
     model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff, stats=stats)
+    model = fit_cells(model, [s.cell for s in (*train_set.structures, *valid_set.structures)
+                              if np.any(s.pbc)])
     if model.fit is not None:  # fitted in closed form (e.g. gap), not by gradient descent
         if config.ensemble > 1:
             raise ValueError(f"training option 'ensemble' (--ensemble) is for gradient-trained "
