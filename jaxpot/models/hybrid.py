@@ -363,7 +363,8 @@ def hybrid(short="nequip", *, charges: str = "fixed", charge_values: dict | None
       coulomb_options: keyword options of
         :func:`jaxpot.potentials.coulomb.coulomb_settings` over :data:`DEFAULT_COULOMB`
         (Ewald at 1e-6, real-space cutoff = the short-range model's, cells up to
-        16 × 16 × 32 Å; longer ones give NaN: raise ``max_lengths``).
+        16 × 16 × 32 Å; longer ones give NaN: raise ``max_lengths``, or let
+        :func:`jaxpot.models.cells.fit_cells` widen it, as the commands do).
       dispersion: config (or name) of an extra registered potential, e.g. a D3 term.
       species, cutoff, avg_num_neighbors: data options, passed on to the sub-models that
         declare them (training fills them in from the data).
