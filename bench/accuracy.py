@@ -94,20 +94,20 @@ class CorePool:
         self.cv = threading.Condition()
         self.threads = []
 
-    def submit(self, cmd: list, log: Path, env=None) -> None:
+    def submit(self, cmd: list, log: Path) -> None:
         with self.cv:
             self.cv.wait_for(lambda: self.free)
             core = self.free.pop(0)
-        t = threading.Thread(target=self._run, args=(cmd, log, core, env))
+        t = threading.Thread(target=self._run, args=(cmd, log, core))
         t.start()
         self.threads.append(t)
 
-    def _run(self, cmd, log, core, env) -> None:
+    def _run(self, cmd, log, core) -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with open(log, "w") as fh:
             rc = subprocess.call(["taskset", "-c", str(core), *cmd], stdout=fh,
-                                 stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                                 stderr=subprocess.STDOUT, cwd=ROOT)
         wall = time.monotonic() - t0
         (log.parent / "wall.json").write_text(json.dumps({"rc": rc, "wall_s": wall,
                                                           "core": core}))

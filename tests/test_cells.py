@@ -86,3 +86,19 @@ def test_eval_and_calculator_widen_for_a_supercell(tmp_path):
     m = evaluate_files(str(tmp_path / "model"), str(tmp_path / "big.xyz"), stress_key=None)
     assert m["energy_mae_mev_per_atom"] == pytest.approx(500.0 / len(big), rel=1e-3)
     assert m["force_mae_mev_per_a"] < 1e-2
+
+
+def test_property_scan_sizes_the_lattice_sum_for_its_supercell():
+    """The phonon supercell (2 × 2 × 2 of a 5.6 Å cell) is longer than the 7 Å lattice sum."""
+    from jaxpot.analysis.commands import compute_properties
+
+    pot = _hybrid(7.0)
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    params = pot.init(jax.random.key(0), jaxpot.System.from_ase(atoms, cutoff=3.5))
+    big = jaxpot.System.from_ase(atoms.repeat(2), cutoff=3.5)
+    assert np.isnan(float(pot.energy(params, big)))  # what the scan met before
+    with jax.enable_x64(True):
+        out = compute_properties(pot, params, atoms, ["phonons"], supercell=2)
+    freqs = np.concatenate([np.ravel(v) for v in
+                            out["phonons"]["frequencies_at_special_points_THz"].values()])
+    assert freqs.size > 0 and np.all(np.isfinite(freqs))

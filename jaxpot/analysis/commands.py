@@ -91,9 +91,13 @@ def compute_properties(potential, params, atoms, what, *, relax_cell: bool = Fal
     """
     from jaxpot.analysis import crystal
     from jaxpot.md.relax import relax
+    from jaxpot.models.cells import CELL_MARGIN, fit_cells
     from jaxpot.system import System
 
     periodic = bool(np.all(atoms.pbc))
+    if atoms.pbc.any():  # lattice sums for the strained cells and the phonon/vacancy supercell
+        potential = fit_cells(potential, [CELL_MARGIN * atoms.cell.array,
+                                          max(supercell, 1) * atoms.cell.array])
     system = System.from_ase(atoms, cutoff=potential.cutoff)
     result: dict = {"formula": atoms.get_chemical_formula(), "n_atoms": len(atoms)}
     if relax_cell or "vibrations" in what:
@@ -127,7 +131,6 @@ def compute_properties(potential, params, atoms, what, *, relax_cell: bool = Fal
 
 def _load(args):
     from jaxpot.io import read_structure
-    from jaxpot.models.cells import CELL_MARGIN, fit_cells
     from jaxpot.potential import check_species
     from jaxpot.serialization import load_model, nonfinite_params
 
@@ -139,8 +142,6 @@ def _load(args):
     atoms = read_structure(args.structure)
     where = f"structure {args.structure!r} ({atoms.get_chemical_formula()})"
     check_species(potential, atoms.get_atomic_numbers(), where=where)
-    if atoms.pbc.any():  # strained and supercell variants of the cell too
-        potential = fit_cells(potential, [CELL_MARGIN * atoms.cell.array])
     if any(atoms.pbc) and not all(atoms.pbc):
         raise ValueError(f"{where}: periodic along some directions only (pbc="
                          f"{atoms.pbc.tolist()}); properties need a crystal (all periodic) or "

@@ -3,11 +3,12 @@
 Ewald's reciprocal sum and PME's mesh have static shapes, made on the host for the longest
 lattice vectors a potential must serve (``max_lengths``: 16 × 16 × 32 Å by default in a hybrid).
 A cell with a longer vector would give NaN (Ewald, never a silently wrong number) or a coarser
-mesh (PME). A model trained on 64-atom cells must still run on a 216-atom one, so the places that
-meet structures before compiling (``jaxpot eval``, ``jaxpot md``, the ASE calculator, training)
-pass the cells through :func:`fit_cells`: it returns the same potential when every cell fits, and
-otherwise rebuilds it from its config with the lattice sums widened to cover them. The
-parameters do not depend on the k box or mesh, so they carry over unchanged.
+mesh (PME). A model trained on 64-atom cells must still run on a 216-atom one, so the places
+that meet structures before compiling (``jaxpot eval``, ``jaxpot md``, ``jaxpot relax``,
+:func:`jaxpot.analysis.commands.compute_properties` with its supercells, the ASE calculator,
+training) pass the cells through :func:`fit_cells`: it returns the same potential when every
+cell fits, and otherwise rebuilds it from its config with the lattice sums widened to cover
+them. The parameters do not depend on the k box or mesh, so they carry over unchanged.
 
     >>> potential = fit_cells(potential, [atoms.cell for atoms in frames])
 """
@@ -64,8 +65,8 @@ def _nodes(config):
 
 
 def _capacity(kwargs: dict, kind: str) -> np.ndarray:
-    if kind == "coulomb":
-        return np.broadcast_to(np.asarray(kwargs.get("max_lengths", 24.0), float), (3,))
+    if kind == "coulomb":  # its config always records max_lengths (jaxpot.potentials.coulomb)
+        return np.broadcast_to(np.asarray(kwargs["max_lengths"], float), (3,))
     options = kwargs.get("coulomb_options") or {}
     return np.broadcast_to(np.asarray(options.get("max_lengths", _hybrid_default()), float),
                            (3,))

@@ -683,8 +683,8 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
 
     fp, train_set, valid_set, stats = _prepare_run(config, resume, budget)
     model = build_model(config.model, config.model_kwargs, cutoff=config.cutoff, stats=stats)
-    model = fit_cells(model, [s.cell for s in (*train_set.structures, *valid_set.structures)
-                              if np.any(s.pbc)])
+    cells = [s.cell for s in (*train_set.structures, *valid_set.structures) if np.any(s.pbc)]
+    model = fit_cells(model, cells)  # before its prepare() sees the training cells
     if model.fit is not None:  # fitted in closed form (e.g. gap), not by gradient descent
         if config.ensemble > 1:
             raise ValueError(f"training option 'ensemble' (--ensemble) is for gradient-trained "
@@ -695,6 +695,7 @@ def _train(config: TrainConfig, budget: TimeBudget, resume: bool, callback) -> d
         return train_closed_form(config, model, train_set, valid_set, stats, budget=budget)
     ckpt = Checkpointer(os.path.join(config.out, "checkpoint"), fingerprint=fp)
     potential, params, frozen = _gradient_model(config, model, train_set, stats, ckpt, resume)
+    potential = fit_cells(potential, cells)  # a parent model or checkpoint read from a file
     atomic_write_bytes(os.path.join(config.out, "config.json"),
                        _json(config.to_dict()).encode())
     # Kept free after the loop for writing the model (plus a measured checkpoint-sized write).
